@@ -1,0 +1,147 @@
+"""Upload state shared by every gateway instance through a compacted topic.
+
+Each instance tails ``upload-state`` (read_committed) in a background thread
+into an in-memory map. Before answering about an upload an instance calls
+:meth:`UploadStates.sync`, which waits until it has read everything committed
+so far, so a second or restarted instance reports the same offset as the one
+that wrote it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from streams import codec
+from streams.config import Settings
+from streams.errors import KafkaUnavailable
+from streams.logs import get_logger
+from streams.topics import UPLOAD_STATE
+
+log = get_logger(__name__)
+
+
+class UploadStates:
+    """The latest UploadState of every upload, rebuilt from Kafka."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._topic = settings.topic(UPLOAD_STATE)
+        self._states: dict[str, dict[str, Any]] = {}
+        self._positions: dict[int, int] = {}
+        self._lock = threading.Condition()
+        self._stop = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"sluice-gateway-{settings.gateway_instance}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": False,
+            }
+        )
+        self._thread = threading.Thread(
+            target=self._run, name="upload-state", daemon=True
+        )
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        metadata = self._consumer.list_topics(self._topic, timeout=timeout_s)
+        topic = metadata.topics.get(self._topic)
+        if topic is None or topic.error is not None:
+            raise KafkaUnavailable(f"topic {self._topic} missing: run topics apply")
+        self._partitions = sorted(topic.partitions)
+        self._consumer.assign(
+            [TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in self._partitions]
+        )
+        self._thread.start()
+        self.sync(timeout_s)
+        log.info("upload_state.loaded", uploads=len(self._states))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._consumer.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            message = self._consumer.poll(0.2)
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("upload_state.poll_error", error=str(error))
+                continue
+            self._apply(message.partition(), message.offset(), message.value())
+
+    def _apply(self, partition: int, offset: int, value: bytes | None) -> None:
+        with self._lock:
+            self._positions[partition] = offset + 1
+            if value is not None:
+                state = codec.decode("UploadState", value)
+                current = self._states.get(state["upload_id"])
+                # Offsets only move forward; a stale record never rolls one back.
+                if current is None or state["updated_at"] >= current["updated_at"]:
+                    self._states[state["upload_id"]] = state
+            self._lock.notify_all()
+
+    def sync(self, timeout_s: float = 10.0) -> None:
+        """Block until every record committed before this call has been read."""
+        targets: dict[int, int] = {}
+        for partition in self._partitions:
+            tp = TopicPartition(self._topic, partition)
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    tp, timeout=timeout_s, cached=False
+                )
+            except Exception as exc:
+                raise KafkaUnavailable(f"cannot read watermarks: {exc}") from exc
+            targets[partition] = high
+
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            # Transaction markers occupy offsets too, so "caught up" means the
+            # consumer's position reached the high watermark, not a record.
+            while not self._caught_up(targets):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise KafkaUnavailable("upload state is lagging behind Kafka")
+                self._lock.wait(min(remaining, 0.05))
+                self._refresh_positions()
+
+    def _caught_up(self, targets: dict[int, int]) -> bool:
+        return all(self._positions.get(p, 0) >= high for p, high in targets.items())
+
+    def _refresh_positions(self) -> None:
+        try:
+            positions = self._consumer.position(
+                [TopicPartition(self._topic, p) for p in self._partitions]
+            )
+        except Exception:  # position is advisory; retry on the next wait
+            return
+        for tp in positions:
+            if tp.offset >= 0:
+                self._positions[tp.partition] = max(
+                    self._positions.get(tp.partition, 0), tp.offset
+                )
+
+    def get(self, upload_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            state = self._states.get(upload_id)
+            return dict(state) if state is not None else None
+
+    def put(self, state: dict[str, Any]) -> None:
+        """Record a state this instance has just committed to Kafka."""
+        with self._lock:
+            current = self._states.get(state["upload_id"])
+            if current is None or state["updated_at"] >= current["updated_at"]:
+                self._states[state["upload_id"]] = dict(state)
+
+    def find_by_idempotency_key(self, tenant: str, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            for state in self._states.values():
+                if state["tenant"] == tenant and state.get("idempotency_key") == key:
+                    return dict(state)
+        return None

@@ -1,0 +1,1 @@
+"""Operator tooling for Sluice: local stack, demo, runbooks."""

@@ -1,0 +1,1 @@
+"""Demo material for Sluice: the real file corpus and its manifest."""

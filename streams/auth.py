@@ -1,0 +1,436 @@
+"""Bearer tokens: development issuance and verification against a JWKS.
+
+Every request to the gateway and warehouse carries a JWT whose claims name a
+tenant and a set of roles. :class:`TokenVerifier` checks such a token against
+a JSON Web Key Set and returns a :class:`Principal`; it is the one place
+where PyJWT's errors become :class:`AuthenticationError` with a stable
+reason code.
+
+In the embedded mode there is no identity provider, so :class:`DevKeys`
+creates an Ed25519 key pair under ``SLUICE_HOME/keys`` and signs tokens with
+it. Production deployments point ``SLUICE_JWKS_FILE`` at their provider's
+key set instead; the verifier already accepts RSA and EC keys. Fetching and
+rotating a remote JWKS over HTTP is not done here yet.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+if TYPE_CHECKING:
+    from streams.config import Settings
+
+__all__ = [
+    "ROLES",
+    "AuthenticationError",
+    "DevKeys",
+    "Principal",
+    "TokenVerifier",
+    "jwk_thumbprint",
+    "parse_bearer",
+]
+
+ROLES: Final = frozenset({"uploader", "reader", "operator", "auditor", "admin"})
+
+SIGNING_KEY_FILE: Final = "signing-key.pem"
+JWKS_FILE: Final = "jwks.json"
+DEV_ALGORITHM: Final = "EdDSA"
+
+# A tenant id becomes part of storage paths and topic keys, so it is kept to
+# a conservative slug. fullmatch, because "$" would accept a trailing "\n".
+_TENANT_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_TOKEN68_RE: Final = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
+# Bounds the work done on unauthenticated input; real tokens are < 2 KiB.
+MAX_TOKEN_CHARS: Final = 8192
+
+# Asymmetric algorithms only, each tied to the key type that can verify it.
+# Symmetric (HS*) keys are never accepted: with a public JWKS they invite
+# the algorithm-confusion attack.
+_ALGORITHMS_BY_KEY: Final[dict[tuple[str, str | None], frozenset[str]]] = {
+    ("OKP", "Ed25519"): frozenset({"EdDSA"}),
+    ("EC", "P-256"): frozenset({"ES256"}),
+    ("EC", "P-384"): frozenset({"ES384"}),
+    ("EC", "P-521"): frozenset({"ES512"}),
+    ("RSA", None): frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}),
+}
+_ACCEPTED_ALGORITHMS: Final = frozenset().union(*_ALGORITHMS_BY_KEY.values())
+
+# RFC 7638 section 3.2: the members hashed for each key type.
+_THUMBPRINT_MEMBERS: Final = {
+    "OKP": ("crv", "kty", "x"),
+    "EC": ("crv", "kty", "x", "y"),
+    "RSA": ("e", "kty", "n"),
+}
+
+_MESSAGES: Final[dict[str, str]] = {
+    "missing-token": "a bearer token is required",
+    "malformed": "the bearer token is malformed",
+    "unknown-key": "the token was signed by an unknown key",
+    "bad-signature": "the token signature is invalid",
+    "expired": "the token has expired",
+    "not-yet-valid": "the token is not valid yet",
+    "wrong-issuer": "the token was issued by an untrusted issuer",
+    "wrong-audience": "the token is meant for another audience",
+    "invalid-claims": "the token claims are missing or invalid",
+    "algorithm-not-allowed": "the token signing algorithm is not allowed",
+}
+
+
+class AuthenticationError(Exception):
+    """A request's credentials were missing or refused.
+
+    ``reason`` is a stable machine code (see ``_MESSAGES``); the message is
+    safe to return to the client, the chained cause is for logs only.
+    """
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message or _MESSAGES.get(reason, "authentication failed"))
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The verified identity behind a request."""
+
+    subject: str
+    tenant: str
+    roles: frozenset[str]
+
+
+def parse_bearer(header_value: str | None) -> str:
+    """Return the token of an ``Authorization: Bearer <token>`` header value."""
+    if header_value is None or not header_value.strip():
+        raise AuthenticationError("missing-token")
+
+    parts = header_value.split()
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        raise AuthenticationError("malformed")
+
+    token = parts[1]
+    if len(token) > MAX_TOKEN_CHARS or not _TOKEN68_RE.fullmatch(token):
+        raise AuthenticationError("malformed")
+
+    return token
+
+
+def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 SHA-256 thumbprint of a public JWK, base64url without padding."""
+    members = _THUMBPRINT_MEMBERS.get(jwk.get("kty", ""))
+    if members is None:
+        raise ValueError(f"no thumbprint rule for key type {jwk.get('kty')!r}")
+
+    canonical = json.dumps(
+        {name: jwk[name] for name in members}, separators=(",", ":"), sort_keys=True
+    )
+    digest = hashlib.sha256(canonical.encode("utf-8")).digest()
+    return _b64url(digest)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _check_tenant(tenant: object) -> str:
+    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
+        raise ValueError("tenant must match [a-z0-9][a-z0-9_-]{0,62}")
+    return tenant
+
+
+def _check_roles(roles: object) -> frozenset[str]:
+    # A token with no roles can do nothing; refusing it surfaces the
+    # misconfiguration at the door instead of as a string of 403s.
+    if not isinstance(roles, list | tuple | set | frozenset) or not roles:
+        raise ValueError("roles must be a non-empty list")
+    unknown = {str(role) for role in roles} - ROLES
+    if unknown or not all(isinstance(role, str) for role in roles):
+        raise ValueError(f"unknown roles: {sorted(unknown)}")
+    return frozenset(roles)
+
+
+class DevKeys:
+    """The development signing key and its public JWKS, kept under a directory.
+
+    The private key is written once, with mode 0600; concurrent processes
+    racing to create it all end up using the first one written.
+    """
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self.private_key = private_key
+        public_raw = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        public_jwk = {"kty": "OKP", "crv": "Ed25519", "x": _b64url(public_raw)}
+        self.kid = jwk_thumbprint(public_jwk)
+        self.public_jwk: dict[str, str] = {
+            **public_jwk,
+            "kid": self.kid,
+            "alg": DEV_ALGORITHM,
+            "use": "sig",
+        }
+
+    @property
+    def jwks(self) -> dict[str, Any]:
+        """The public key set, as served or written to ``jwks.json``."""
+        return {"keys": [dict(self.public_jwk)]}
+
+    @classmethod
+    def load_or_create(cls, keys_dir: Path) -> DevKeys:
+        """Load the key pair under ``keys_dir``, creating it on first use."""
+        keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key_path = keys_dir / SIGNING_KEY_FILE
+
+        if not key_path.exists():
+            _create_private_key(key_path)
+        keys = cls(_load_private_key(key_path))
+
+        # The JWKS is derived from the private key, so rewriting it is safe
+        # and repairs a deleted or stale file.
+        jwks_path = keys_dir / JWKS_FILE
+        wanted = json.dumps(keys.jwks, indent=2) + "\n"
+        if not jwks_path.exists() or jwks_path.read_text("utf-8") != wanted:
+            _write_atomic(jwks_path, wanted.encode("utf-8"), mode=0o644)
+
+        return keys
+
+    def issue(
+        self,
+        tenant: str,
+        roles: Iterable[str],
+        subject: str = "dev",
+        ttl_s: int = 3600,
+        *,
+        issuer: str,
+        audience: str,
+        now: float | None = None,
+    ) -> str:
+        """Sign a token for ``tenant`` with ``roles``, valid for ``ttl_s``."""
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        if not subject:
+            raise ValueError("subject must be non-empty")
+        role_set = _check_roles(list(roles))
+        issued_at = int(time.time() if now is None else now)
+
+        claims = {
+            "iss": issuer,
+            "aud": audience,
+            "sub": subject,
+            "iat": issued_at,
+            "nbf": issued_at,
+            "exp": issued_at + ttl_s,
+            "jti": uuid.uuid4().hex,  # lets audit records name one token
+            "tenant": _check_tenant(tenant),
+            "roles": sorted(role_set),
+        }
+        return jwt.encode(
+            claims, self.private_key, algorithm=DEV_ALGORITHM, headers={"kid": self.kid}
+        )
+
+
+def _create_private_key(key_path: Path) -> None:
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # Write a private temp file, then link it into place: link fails if
+    # another process won the race, and that process's key is kept.
+    fd, tmp_name = tempfile.mkstemp(dir=key_path.parent, prefix=".signing-key-")
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(pem)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        try:
+            os.link(tmp_name, key_path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp_name)
+
+
+def _load_private_key(key_path: Path) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{key_path} does not hold an Ed25519 private key")
+    return key
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, path)
+    except BaseException:
+        os.unlink(tmp_name)
+        raise
+
+
+@dataclass(frozen=True)
+class _VerificationKey:
+    key: jwt.PyJWK
+    algorithms: frozenset[str]
+
+
+class TokenVerifier:
+    """Verifies bearer tokens against a JSON Web Key Set.
+
+    Each key accepts only the algorithms of its type (narrowed further by the
+    key's own ``alg``), and the token's ``kid`` must name one of them.
+    """
+
+    def __init__(
+        self,
+        jwks: Mapping[str, Any],
+        issuer: str,
+        audience: str,
+        leeway_s: float = 30,
+    ) -> None:
+        if not issuer or not audience:
+            raise ValueError("issuer and audience must be non-empty")
+        if leeway_s < 0:
+            raise ValueError("leeway_s must not be negative")
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway_s = leeway_s
+        self._keys = _index_jwks(jwks)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenVerifier:
+        """Verifier for the configured JWKS file, or the development keys."""
+        if settings.jwks_file is not None:
+            jwks = json.loads(settings.jwks_file.read_text("utf-8"))
+        else:
+            jwks = DevKeys.load_or_create(settings.keys_dir).jwks
+        return cls(jwks, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+
+    def verify(self, token: str) -> Principal:
+        """Return the principal of a valid token, or raise AuthenticationError."""
+        if not token:
+            raise AuthenticationError("missing-token")
+        if len(token) > MAX_TOKEN_CHARS:
+            raise AuthenticationError("malformed")
+
+        # Choose the key and algorithm before any signature work; the header
+        # is untrusted, so it only selects among what we already allow.
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthenticationError("malformed") from exc
+        alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(alg, str) or not isinstance(kid, str | None):
+            raise AuthenticationError("malformed")
+        if alg not in _ACCEPTED_ALGORITHMS:
+            raise AuthenticationError("algorithm-not-allowed")
+        entry = self._keys.get(kid) if kid is not None else None
+        if entry is None:
+            raise AuthenticationError("unknown-key")
+        if alg not in entry.algorithms:
+            raise AuthenticationError("algorithm-not-allowed")
+
+        claims = self._decode(token, entry.key, alg)
+
+        return _principal(claims)
+
+    def _decode(self, token: str, key: jwt.PyJWK, alg: str) -> dict[str, Any]:
+        try:
+            return jwt.decode(
+                token,
+                key=key.key,
+                algorithms=[alg],
+                issuer=self.issuer,
+                audience=self.audience,
+                leeway=self.leeway_s,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        # Most specific first: InvalidSignatureError is a DecodeError, and
+        # every class here is an InvalidTokenError.
+        except jwt.InvalidSignatureError as exc:
+            raise AuthenticationError("bad-signature") from exc
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthenticationError("expired") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise AuthenticationError("not-yet-valid") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise AuthenticationError("wrong-issuer") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise AuthenticationError("wrong-audience") from exc
+        except jwt.InvalidAlgorithmError as exc:
+            raise AuthenticationError("algorithm-not-allowed") from exc
+        except jwt.DecodeError as exc:
+            raise AuthenticationError("malformed") from exc
+        except jwt.InvalidTokenError as exc:
+            raise AuthenticationError("invalid-claims") from exc
+
+
+def _principal(claims: Mapping[str, Any]) -> Principal:
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise AuthenticationError("invalid-claims", "the token subject is invalid")
+    try:
+        tenant = _check_tenant(claims.get("tenant"))
+        roles = _check_roles(claims.get("roles"))
+    except ValueError as exc:
+        raise AuthenticationError("invalid-claims", str(exc)) from exc
+    return Principal(subject=subject, tenant=tenant, roles=roles)
+
+
+def _index_jwks(jwks: Mapping[str, Any]) -> dict[str, _VerificationKey]:
+    """Index a JWKS by kid, refusing keys that could not be used safely."""
+    raw_keys = jwks.get("keys")
+    if not isinstance(raw_keys, list):
+        raise ValueError("a JWKS must have a 'keys' list")
+
+    indexed: dict[str, _VerificationKey] = {}
+    for raw in raw_keys:
+        if not isinstance(raw, dict):
+            raise ValueError("every JWKS entry must be an object")
+        if raw.get("use", "sig") != "sig":
+            continue  # encryption keys may share a published set
+        kid = raw.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise ValueError("every signing key in the JWKS needs a 'kid'")
+        if kid in indexed:
+            raise ValueError(f"duplicate kid in JWKS: {kid!r}")
+
+        kty = raw.get("kty")
+        curve = None if kty == "RSA" else raw.get("crv")
+        allowed = _ALGORITHMS_BY_KEY.get((str(kty), curve))
+        if allowed is None:
+            raise ValueError(f"key {kid!r}: unsupported key type {kty!r}/{curve!r}")
+        if "alg" in raw:
+            if raw["alg"] not in allowed:
+                raise ValueError(f"key {kid!r}: alg {raw['alg']!r} does not fit")
+            allowed = frozenset({raw["alg"]})
+        if "d" in raw:
+            raise ValueError(f"key {kid!r}: a JWKS must hold public keys only")
+
+        try:
+            key = jwt.PyJWK(raw, algorithm=min(allowed))
+        except jwt.PyJWTError as exc:
+            raise ValueError(f"key {kid!r}: {exc}") from exc
+        indexed[kid] = _VerificationKey(key=key, algorithms=allowed)
+
+    if not indexed:
+        raise ValueError("the JWKS holds no signing keys")
+    return indexed

@@ -1,0 +1,109 @@
+"""Avro encoding of every event, framed so a reader can find the writer's schema.
+
+Framing is Avro single-object encoding: ``C3 01``, the 8-byte little-endian
+CRC-64-AVRO fingerprint of the writer schema's canonical form, then the
+binary body. Readers resolve the writer schema from the fingerprint among the
+schemas under ``schemas/avro/`` (current and retired versions alike) and read
+it into their own version of the record, so schemas evolve by Avro's rules.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+
+from streams.errors import DecodeError
+
+MAGIC = b"\xc3\x01"
+HEADER_LEN = len(MAGIC) + 8
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "avro"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """One parsed schema version and its fingerprint."""
+
+    name: str
+    parsed: dict[str, Any]
+    fingerprint: bytes
+
+
+def _load(path: Path) -> Schema:
+    raw = json.loads(path.read_text())
+    parsed = parse_schema(raw, _write_hint=False)
+    canonical = to_parsing_canonical_form(parsed)
+    digest = int(fingerprint(canonical, "CRC-64-AVRO"), 16)
+    return Schema(
+        name=raw["name"],
+        parsed=parsed,
+        fingerprint=struct.pack("<Q", digest),
+    )
+
+
+@lru_cache(maxsize=1)
+def _registry() -> tuple[dict[str, Schema], dict[bytes, Schema]]:
+    """Current schema per record name, and every known version by fingerprint.
+
+    Files directly under schemas/avro are current; schemas/avro/retired holds
+    older versions kept so today's readers can still read yesterday's writers.
+    """
+    current: dict[str, Schema] = {}
+    by_fingerprint: dict[bytes, Schema] = {}
+    for path in sorted(SCHEMA_DIR.glob("*.avsc")):
+        schema = _load(path)
+        current[schema.name] = schema
+        by_fingerprint[schema.fingerprint] = schema
+    for path in sorted((SCHEMA_DIR / "retired").glob("*.avsc")):
+        schema = _load(path)
+        by_fingerprint.setdefault(schema.fingerprint, schema)
+    return current, by_fingerprint
+
+
+def schema(name: str) -> Schema:
+    """The current schema of a record, by its short name (e.g. ``Chunk``)."""
+    return _registry()[0][name]
+
+
+def encode(name: str, record: dict[str, Any]) -> bytes:
+    """Encode a record with the current version of its schema."""
+    writer = schema(name)
+    buffer = io.BytesIO()
+    buffer.write(MAGIC)
+    buffer.write(writer.fingerprint)
+    fastavro.schemaless_writer(buffer, writer.parsed, record)
+    return buffer.getvalue()
+
+
+def decode(name: str, payload: bytes) -> dict[str, Any]:
+    """Decode a framed message into the current version of record ``name``.
+
+    Raises DecodeError for anything that is not a framed record this reader
+    can resolve: the caller dead-letters it instead of crashing a partition.
+    """
+    if len(payload) < HEADER_LEN or payload[:2] != MAGIC:
+        raise DecodeError("not an Avro single-object encoded message")
+
+    writer = _registry()[1].get(payload[2:HEADER_LEN])
+    if writer is None:
+        raise DecodeError("unknown writer schema fingerprint")
+    reader = schema(name)
+    if writer.name != reader.name:
+        raise DecodeError(f"expected {reader.name}, got {writer.name}")
+
+    try:
+        record = fastavro.schemaless_reader(
+            io.BytesIO(payload[HEADER_LEN:]), writer.parsed, reader.parsed
+        )
+    except Exception as exc:  # fastavro raises many unrelated types
+        raise DecodeError(f"invalid {name} body: {exc}") from exc
+    if not isinstance(record, dict):
+        raise DecodeError(f"invalid {name} body")
+    return record

@@ -1,0 +1,99 @@
+"""Typed platform settings, read from the environment in this module only.
+
+Every process (gateway, worker, warehouse, CLI) resolves one frozen
+:class:`Settings` from ``SLUICE_*`` variables. Paths default to locations
+under ``SLUICE_HOME`` (``.sluice/`` in the working directory) so the embedded
+mode needs no configuration at all.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Resolved configuration of one Sluice process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SLUICE_", frozen=True, extra="ignore"
+    )
+
+    home: Path = Field(default=Path(".sluice"), description="state root")
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = "sluice"
+    topic_partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+    # Chunking: bytes per chunk event, kept far below Kafka's 1 MiB default
+    # message limit once Avro framing and headers are added.
+    chunk_bytes: int = Field(default=512 * 1024, ge=1024, le=900 * 1024)
+    max_upload_bytes: int = Field(default=8 * 1024**3, ge=1)
+
+    # clamd
+    clamd_host: str = "127.0.0.1"
+    clamd_port: int = 3310
+    clamd_timeout_s: float = Field(default=60.0, gt=0)
+    # clamd's StreamMaxLength; files larger than this are held as suspicious.
+    clamd_stream_max_bytes: int = Field(default=512 * 1024**2, ge=1)
+
+    # Object storage (fsspec URL). Empty means a local directory under home.
+    storage_url: str = ""
+
+    # Warehouse: chdb under home unless a ClickHouse server URL is given.
+    clickhouse_url: str = ""
+    warehouse_listen: str = "127.0.0.1:8124"
+
+    # Gateway
+    gateway_listen: str = "127.0.0.1:8080"
+    gateway_url: str = "http://127.0.0.1:8080"
+    gateway_instance: str = "gw-1"
+    gateway_producers: int = Field(default=4, ge=1, le=64)
+
+    # Auth: development key pair under home unless a JWKS file is given.
+    jwt_issuer: str = "sluice-dev"
+    jwt_audience: str = "sluice"
+    jwks_file: Path | None = None
+    token: SecretStr | None = None  # the CLI's bearer token
+
+    # Worker
+    worker_web_port: int = 6066
+    worker_metrics_port: int = 9101
+    warehouse_metrics_port: int = 9102
+    retry_attempts: int = Field(default=4, ge=1, le=20)
+    retry_backoff_s: float = Field(default=0.5, ge=0)
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _resolve_home(self) -> Settings:
+        # Anchor relative homes once so every child process agrees on paths.
+        object.__setattr__(self, "home", self.home.expanduser().resolve())
+        return self
+
+    @property
+    def storage_root(self) -> str:
+        return self.storage_url or f"file://{self.home / 'storage'}"
+
+    @property
+    def chdb_path(self) -> Path:
+        return self.home / "warehouse" / "chdb"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    def topic(self, name: str) -> str:
+        """Full Kafka topic name for a platform topic's short name."""
+        return f"{self.topic_prefix}.{name}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings of this process, resolved once."""
+    return Settings()

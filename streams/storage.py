@@ -1,0 +1,166 @@
+"""Object storage through fsspec, and the one place that names object keys.
+
+Keys are deterministic, so writing the same object twice (an agent replaying
+after a crash) overwrites it with the same bytes instead of creating a copy:
+
+    staging/{tenant}/{upload_id}/parts/{offset:020d}  chunk bytes as received
+    staging/{tenant}/{upload_id}/assembled            the whole file, pre-scan
+    files/{tenant}/sha256/{h[:2]}/{h}                 clean content, once per
+                                                      tenant and digest
+    quarantine/{tenant}/{upload_id}                   infected or suspicious
+
+Uploaders are never served anything under staging/ or quarantine/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+
+from streams.errors import StorageUnavailable
+
+COPY_BLOCK = 1024 * 1024
+
+
+def part_key(tenant: str, upload_id: str, offset: int) -> str:
+    return f"staging/{tenant}/{upload_id}/parts/{offset:020d}"
+
+
+def parts_prefix(tenant: str, upload_id: str) -> str:
+    return f"staging/{tenant}/{upload_id}/parts"
+
+
+def staging_prefix(tenant: str, upload_id: str) -> str:
+    return f"staging/{tenant}/{upload_id}"
+
+
+def assembled_key(tenant: str, upload_id: str) -> str:
+    return f"staging/{tenant}/{upload_id}/assembled"
+
+
+def content_key(tenant: str, sha256: str) -> str:
+    return f"files/{tenant}/sha256/{sha256[:2]}/{sha256}"
+
+
+def quarantine_key(tenant: str, upload_id: str) -> str:
+    return f"quarantine/{tenant}/{upload_id}"
+
+
+@dataclass(frozen=True)
+class Digest:
+    size: int
+    sha256: str
+
+
+class ObjectStore:
+    """Keys relative to one fsspec root (a local directory, s3://bucket, ...)."""
+
+    def __init__(self, root_url: str, **options: Any) -> None:
+        self._fs, root = fsspec.core.url_to_fs(root_url, **options)
+        self._root = root.rstrip("/")
+        self._local = self._fs.protocol in ("file", "local") or (
+            isinstance(self._fs.protocol, tuple) and "file" in self._fs.protocol
+        )
+
+    def path(self, key: str) -> str:
+        return f"{self._root}/{key}"
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self.path(key)
+        try:
+            if self._local:
+                self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            self._fs.pipe_file(path, data)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot write {key}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        try:
+            return bool(self._fs.exists(self.path(key)))
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot stat {key}: {exc}") from exc
+
+    def size(self, key: str) -> int:
+        try:
+            return int(self._fs.size(self.path(key)))
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot stat {key}: {exc}") from exc
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        """Object name (last path segment) to size, for every object under prefix."""
+        try:
+            entries = self._fs.ls(self.path(prefix), detail=True)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot list {prefix}: {exc}") from exc
+        return {e["name"].rsplit("/", 1)[-1]: int(e["size"]) for e in entries}
+
+    def read_blocks(self, key: str, block: int = COPY_BLOCK) -> Iterator[bytes]:
+        """Stream an object in bounded blocks."""
+        try:
+            with self._fs.open(self.path(key), "rb") as handle:
+                while chunk := handle.read(block):
+                    yield chunk
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read {key}: {exc}") from exc
+
+    def read_head(self, key: str, length: int) -> bytes:
+        try:
+            with self._fs.open(self.path(key), "rb") as handle:
+                return bytes(handle.read(length))
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read {key}: {exc}") from exc
+
+    def write_stream(self, key: str, blocks: Iterator[bytes]) -> Digest:
+        """Write blocks to key through a temporary name; return size and sha256.
+
+        The object appears under its final key only once complete, so a crash
+        mid-write never leaves a truncated file where a whole one is expected.
+        """
+        path = self.path(key)
+        tmp = f"{path}.partial"
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            if self._local:
+                self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            with self._fs.open(tmp, "wb") as out:
+                for block in blocks:
+                    digest.update(block)
+                    size += len(block)
+                    out.write(block)
+            self._fs.mv(tmp, path)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot write {key}: {exc}") from exc
+        return Digest(size=size, sha256=digest.hexdigest())
+
+    def copy(self, src: str, dst: str) -> Digest:
+        return self.write_stream(dst, self.read_blocks(src))
+
+    def digest(self, key: str) -> Digest:
+        digest = hashlib.sha256()
+        size = 0
+        for block in self.read_blocks(key):
+            digest.update(block)
+            size += len(block)
+        return Digest(size=size, sha256=digest.hexdigest())
+
+    def delete_prefix(self, prefix: str) -> None:
+        try:
+            if self._fs.exists(self.path(prefix)):
+                self._fs.rm(self.path(prefix), recursive=True)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot delete {prefix}: {exc}") from exc
+
+    def local_path(self, key: str) -> str | None:
+        """A filesystem path for the object when storage is local, else None."""
+        return self.path(key) if self._local else None

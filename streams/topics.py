@@ -1,0 +1,78 @@
+"""Every platform topic, declared once: name, partitions, retention, compaction.
+
+``sluice topics apply`` creates what is missing from this declaration; the
+agents and the gateway refer to topics only through these constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from streams.config import Settings
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic's declaration. ``partitions=None`` takes the platform default."""
+
+    name: str
+    doc: str
+    partitions: int | None = None
+    config: dict[str, str] = field(default_factory=dict)
+
+
+CHUNKS = "chunks"
+UPLOAD_STATE = "upload-state"
+ASSEMBLED = "files.assembled"
+SCANNED = "files.scanned"
+TYPED = "files.typed"
+DEDUPLICATED = "files.deduplicated"
+RESULTS = "results"
+AUDIT = "audit"
+DEAD_LETTER = "deadletter"
+DLQ_REPLAYS = "deadletter.replays"
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(
+        CHUNKS,
+        "Upload bytes, keyed by upload id. Kept until assembled and past expiry.",
+        config={"retention.ms": str(7 * DAY_MS), "max.message.bytes": "1048576"},
+    ),
+    TopicSpec(
+        UPLOAD_STATE,
+        "Gateway upload state, keyed by upload id; the latest record wins.",
+        config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+    ),
+    TopicSpec(ASSEMBLED, "Files assembled in staging, keyed by upload id."),
+    TopicSpec(SCANNED, "Files scanned by clamd, keyed by upload id."),
+    TopicSpec(TYPED, "Files type-checked, keyed by tenant:sha256 for dedupe."),
+    TopicSpec(DEDUPLICATED, "Files after dedupe, keyed by upload id."),
+    TopicSpec(
+        RESULTS,
+        "One terminal result per upload, keyed by upload id.",
+        config={"retention.ms": str(30 * DAY_MS)},
+    ),
+    TopicSpec(
+        AUDIT,
+        "Audit events, keyed by tenant.",
+        config={"retention.ms": str(90 * DAY_MS)},
+    ),
+    TopicSpec(
+        DEAD_LETTER,
+        "Messages agents gave up on, with category and attempts.",
+        partitions=1,
+        config={"retention.ms": str(30 * DAY_MS)},
+    ),
+    TopicSpec(
+        DLQ_REPLAYS,
+        "Which dead letters were replayed, keyed by dead-letter event id.",
+        partitions=1,
+        config={"cleanup.policy": "compact"},
+    ),
+)
+
+
+def partitions_of(spec: TopicSpec, settings: Settings) -> int:
+    return spec.partitions or settings.topic_partitions
