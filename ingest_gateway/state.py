@@ -42,6 +42,15 @@ class UploadStates:
                 "enable.partition.eof": False,
             }
         )
+        # Watermark queries get a client of their own: on the polling
+        # consumer they wait behind its fetches.
+        self._watermarks = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"sluice-gateway-{settings.gateway_instance}-watermarks",
+                "enable.auto.commit": False,
+            }
+        )
         self._thread = threading.Thread(
             target=self._run, name="upload-state", daemon=True
         )
@@ -63,6 +72,7 @@ class UploadStates:
         self._stop.set()
         self._thread.join(timeout=5)
         self._consumer.close()
+        self._watermarks.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -93,7 +103,7 @@ class UploadStates:
         for partition in self._partitions:
             tp = TopicPartition(self._topic, partition)
             try:
-                _, high = self._consumer.get_watermark_offsets(
+                _, high = self._watermarks.get_watermark_offsets(
                     tp, timeout=timeout_s, cached=False
                 )
             except Exception as exc:

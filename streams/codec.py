@@ -13,6 +13,7 @@ import io
 import json
 import struct
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -106,4 +107,19 @@ def decode(name: str, payload: bytes) -> dict[str, Any]:
         raise DecodeError(f"invalid {name} body: {exc}") from exc
     if not isinstance(record, dict):
         raise DecodeError(f"invalid {name} body")
-    return record
+    return _plain(record)
+
+
+def _plain(value: Any) -> Any:
+    """Timestamps back to epoch milliseconds, as every producer writes them.
+
+    fastavro turns timestamp-millis into datetimes on read; Sluice's code
+    compares and stores them as integers, so readers get what writers gave.
+    """
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

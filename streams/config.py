@@ -18,9 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Resolved configuration of one Sluice process."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="SLUICE_", frozen=True, extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", frozen=True, extra="ignore")
 
     home: Path = Field(default=Path(".sluice"), description="state root")
 

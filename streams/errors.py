@@ -18,7 +18,8 @@
     │   └── WarehouseUnavailable
     └── DataError              the data itself is bad (never retried)
         ├── DecodeError            a message that is not a known Avro record
-        └── IntegrityError         chunk checksum, gap or overlap
+        ├── IntegrityError         chunk checksum, gap or overlap
+        └── WarehouseRejected      ClickHouse refused the rows (types, drift)
 
 Agents branch on ``retriable`` and ``category`` rather than on lists of types:
 a retriable error is retried with backoff and, when retries run out, goes to
@@ -108,3 +109,7 @@ class DecodeError(DataError):
 
 class IntegrityError(DataError):
     category = "VALIDATION"
+
+
+class WarehouseRejected(DataError):
+    category = "WAREHOUSE"

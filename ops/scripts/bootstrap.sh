@@ -4,6 +4,7 @@
 # virtualenv, and Kafka's jars. Each step is skipped when already done.
 # Env: SLUICE_HOME (.sluice), PYTHON (python3.11), SLUICE_VENV (.venv).
 set -euo pipefail
+# shellcheck source=ops/scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 APT_PACKAGES=(clamav-daemon clamav-testfiles libmagic1 netcat-openbsd)

@@ -3,6 +3,7 @@
 #   ops/scripts/clamd.sh start|stop|status
 # Env: SLUICE_HOME (.sluice), SLUICE_CLAMD_HOST (127.0.0.1), SLUICE_CLAMD_PORT (3310).
 set -euo pipefail
+# shellcheck source=ops/scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 NAME=clamd

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Local single-node Kafka (KRaft) from Maven-resolved jars on the machine's Java.
 #   ops/scripts/kafka.sh start|stop|status
-# Env: SLUICE_HOME (.sluice), SLUICE_KAFKA_HOST (127.0.0.1),
-#      SLUICE_KAFKA_PORT (9092), SLUICE_KAFKA_CONTROLLER_PORT (9093),
+# Env: SLUICE_HOME (.sluice), SLUICE_KAFKA_HOST / SLUICE_KAFKA_PORT (from
+#      SLUICE_KAFKA_BOOTSTRAP, else 127.0.0.1:9092), SLUICE_KAFKA_CONTROLLER_PORT (9093),
 #      SLUICE_KAFKA_HEAP (512m).
 set -euo pipefail
+# shellcheck source=ops/scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 NAME=kafka
 PATTERN=kafka.Kafka
-HOST="${SLUICE_KAFKA_HOST:-127.0.0.1}"
-PORT="${SLUICE_KAFKA_PORT:-9092}"
+# Host and port default to those of SLUICE_KAFKA_BOOTSTRAP (what clients use).
+BOOTSTRAP="${SLUICE_KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
+BOOTSTRAP="${BOOTSTRAP%%,*}"
+HOST="${SLUICE_KAFKA_HOST:-$(hostof "$BOOTSTRAP")}"
+PORT="${SLUICE_KAFKA_PORT:-$(portof "$BOOTSTRAP")}"
 CONTROLLER_PORT="${SLUICE_KAFKA_CONTROLLER_PORT:-9093}"
 HEAP="${SLUICE_KAFKA_HEAP:-512m}"
 KAFKA_DIR="$SLUICE_HOME/kafka"

@@ -6,7 +6,7 @@
 # directory) agree on one state root whichever directory the operator ran from.
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$REPO_ROOT"
+cd "$REPO_ROOT" || exit 1
 
 SLUICE_HOME="${SLUICE_HOME:-.sluice}"
 mkdir -p "$SLUICE_HOME"
@@ -17,6 +17,7 @@ RUN_DIR="$SLUICE_HOME/run"
 LOG_DIR="$SLUICE_HOME/logs"
 mkdir -p "$RUN_DIR" "$LOG_DIR"
 
+# shellcheck disable=SC2034  # used by the sourcing scripts
 VENV="${SLUICE_VENV:-$REPO_ROOT/.venv}"
 KAFKA_LIBS="$SLUICE_HOME/kafka/libs"
 KAFKA_POM="$REPO_ROOT/ops/kafka/pom.xml"
@@ -73,6 +74,7 @@ start_bg() {
   local pidfile="$RUN_DIR/$name.pid" logfile="$LOG_DIR/$name.log" i
   rm -f "$pidfile"
   printf '\n==== %s starting %s ====\n' "$(date -Is)" "$name" >>"$logfile"
+  # shellcheck disable=SC2016  # $$ and $@ belong to the inner sh
   setsid nohup sh -c 'echo $$ > "$0"; exec "$@"' "$pidfile" "$@" \
     >>"$logfile" 2>&1 </dev/null &
   for ((i = 0; i < 50; i++)); do

@@ -1,0 +1,122 @@
+"""Assemble agent: chunk events in, one staged file out.
+
+Each chunk's bytes are checked against its sha256 and stored as a part named
+by its offset. When the final chunk arrives, the parts are checked for gaps
+and overlaps and streamed, in order, into the assembled object while its
+sha256 is computed: memory holds one block at a time whatever the file size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import faust
+
+from agents.deps import already_routed, store
+from streams import storage, topics
+from streams.config import Settings
+from streams.errors import IntegrityError
+from streams.events import now_ms
+from streams.logs import get_logger
+from streams.pipeline import Output, Sender, Step, process
+
+log = get_logger(__name__)
+
+SAFE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def handle(chunk: dict[str, Any], headers: dict[str, str]) -> list[Output]:
+    tenant, upload_id = chunk["tenant"], chunk["upload_id"]
+    # Ids become storage paths: refuse anything that could escape them.
+    if not SAFE_ID.match(tenant) or not SAFE_ID.match(upload_id):
+        raise IntegrityError("tenant or upload id is not a safe identifier")
+    data: bytes = chunk["data"]
+    if len(data) != chunk["length"]:
+        raise IntegrityError("chunk length does not match its data")
+    if hashlib.sha256(data).hexdigest() != chunk["sha256"]:
+        raise IntegrityError("chunk checksum mismatch")
+    end = chunk["offset"] + chunk["length"]
+    if chunk["offset"] < 0 or end > chunk["upload_length"]:
+        raise IntegrityError("chunk lies outside the declared upload length")
+
+    objects = store()
+    assembled = storage.assembled_key(tenant, upload_id)
+    if objects.exists(assembled):
+        # A replay after assembly: restate the result, store nothing new.
+        if end != chunk["upload_length"]:
+            return []
+        digest = objects.digest(assembled)
+        return [_assembled(chunk, headers, digest)]
+
+    objects.put(storage.part_key(tenant, upload_id, chunk["offset"]), data)
+    if end < chunk["upload_length"]:
+        return []
+
+    parts = _contiguous_parts(tenant, upload_id, chunk["upload_length"])
+    if parts is None:
+        if already_routed(tenant, upload_id, ""):
+            return []
+        raise IntegrityError("upload has gaps or overlaps between its chunks")
+    digest = objects.write_stream(assembled, _read_parts(tenant, upload_id, parts))
+    objects.delete_prefix(storage.parts_prefix(tenant, upload_id))
+    log.info("file.assembled", size=digest.size)
+    return [_assembled(chunk, headers, digest)]
+
+
+def _contiguous_parts(tenant: str, upload_id: str, length: int) -> list[int] | None:
+    """Part offsets in order if they tile [0, length) exactly, else None."""
+    sizes = store().list_sizes(storage.parts_prefix(tenant, upload_id))
+    offsets = sorted(int(name) for name in sizes if name.isdigit())
+    expected = 0
+    for offset in offsets:
+        if offset != expected:
+            return None
+        expected += sizes[f"{offset:020d}"]
+    return offsets if expected == length else None
+
+
+def _read_parts(tenant: str, upload_id: str, offsets: list[int]) -> Iterator[bytes]:
+    objects = store()
+    for offset in offsets:
+        yield from objects.read_blocks(storage.part_key(tenant, upload_id, offset))
+
+
+def _assembled(
+    chunk: dict[str, Any], headers: dict[str, str], digest: storage.Digest
+) -> Output:
+    upload_id = chunk["upload_id"]
+    if digest.size != chunk["upload_length"]:
+        raise IntegrityError("assembled size differs from the declared length")
+    record = {
+        "event_id": f"{upload_id}:ASSEMBLED",
+        "upload_id": upload_id,
+        "tenant": chunk["tenant"],
+        "stage": "ASSEMBLED",
+        "filename": chunk["filename"],
+        "metadata": chunk["metadata"],
+        "size": digest.size,
+        "sha256": digest.sha256,
+        "staging_key": storage.assembled_key(chunk["tenant"], upload_id),
+        "correlation_id": headers.get("correlation-id", ""),
+        "scan": None,
+        "detected_mime": None,
+        "findings": [],
+        "duplicate_of": None,
+        "occurred_at": now_ms(),
+    }
+    return Output(topics.ASSEMBLED, upload_id.encode(), "FileStage", record)
+
+
+STEP = Step(agent="assemble", input_schema="Chunk", handler=handle)
+
+
+def register(app: faust.App, sender: Sender, settings: Settings) -> None:
+    from streams.app import raw_topic
+
+    @app.agent(raw_topic(app, topics.CHUNKS), name="assemble")
+    async def assemble(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await process(STEP, event, sender, settings)

@@ -1,0 +1,131 @@
+"""Route agent: the verdict, the bytes' final place, the result and the audit.
+
+Verdicts, in order of precedence:
+
+- INFECTED: clamd found a signature.
+- SUSPICIOUS: clamd could not scan all of it (limits, encryption), or type
+  verification found something (executable content, type mismatch).
+- CLEAN: clamd scanned every byte and found nothing, and the type checks out.
+
+Clean bytes go to their content-addressed place (so a tenant's duplicate is
+stored once); everything else goes to quarantine under the upload id. Clean
+tabular files name the warehouse dataset they load into. The result's
+event_id is the upload id, so there is exactly one result per upload however
+often this step is replayed.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+import faust
+
+from agents.deps import store
+from agents.typecheck import extension
+from streams import storage, topics
+from streams.config import Settings
+from streams.errors import IntegrityError
+from streams.events import deterministic_id, now_ms
+from streams.logs import get_logger
+from streams.names import safe_table_name
+from streams.pipeline import Output, Sender, Step, process
+
+log = get_logger(__name__)
+
+TABULAR_EXTENSIONS = frozenset({"csv", "tsv", "jsonl", "ndjson", "parquet"})
+
+
+def verdict_of(stage: dict[str, Any]) -> tuple[str, str, str | None]:
+    """(verdict, reason, signature) for a file that went through every check."""
+    scan = stage.get("scan")
+    if scan is None:
+        # Never happens on the agents' own path; refuse rather than pass.
+        return "SUSPICIOUS", "not scanned", None
+    if scan["status"] == "INFECTED":
+        return "INFECTED", f"malware signature {scan['signature']}", scan["signature"]
+    if scan["status"] == "SUSPICIOUS":
+        return (
+            "SUSPICIOUS",
+            f"not fully scanned ({scan['signature']})",
+            scan["signature"],
+        )
+    if stage["findings"]:
+        return "SUSPICIOUS", "type check: " + ", ".join(stage["findings"]), None
+    return "CLEAN", "no threats found", None
+
+
+def dataset_of(stage: dict[str, Any]) -> str | None:
+    if extension(stage["filename"]) not in TABULAR_EXTENSIONS:
+        return None
+    requested = stage["metadata"].get("dataset")
+    return safe_table_name(requested or PurePosixPath(stage["filename"]).stem)
+
+
+def handle(stage: dict[str, Any], headers: dict[str, str]) -> list[Output]:
+    tenant, upload_id, sha256 = stage["tenant"], stage["upload_id"], stage["sha256"]
+    verdict, reason, signature = verdict_of(stage)
+    if verdict == "CLEAN":
+        destination = storage.content_key(tenant, sha256)
+    else:
+        destination = storage.quarantine_key(tenant, upload_id)
+
+    objects = store()
+    if not objects.exists(destination):
+        if not objects.exists(stage["staging_key"]):
+            raise IntegrityError("staged file is missing and was never routed")
+        written = objects.copy(stage["staging_key"], destination)
+        if written.sha256 != sha256 or written.size != stage["size"]:
+            raise IntegrityError("staged file changed after it was scanned")
+    objects.delete_prefix(storage.staging_prefix(tenant, upload_id))
+    log.info("file.routed", verdict=verdict, duplicate=bool(stage["duplicate_of"]))
+
+    completed_at = now_ms()
+    dataset = dataset_of(stage) if verdict == "CLEAN" else None
+    scan = stage.get("scan") or {}
+    result = {
+        "event_id": upload_id,
+        "upload_id": upload_id,
+        "tenant": tenant,
+        "filename": stage["filename"],
+        "size": stage["size"],
+        "sha256": sha256,
+        "verdict": verdict,
+        "reason": reason,
+        "signature": signature,
+        "engine": scan.get("engine"),
+        "detected_mime": stage["detected_mime"],
+        "findings": stage["findings"],
+        "location": destination,
+        "duplicate_of": stage["duplicate_of"],
+        "dataset": dataset,
+        "correlation_id": stage["correlation_id"],
+        "completed_at": completed_at,
+    }
+    audit = {
+        "event_id": deterministic_id(upload_id, "file.routed"),
+        "occurred_at": completed_at,
+        "tenant": tenant,
+        "actor": "system:route",
+        "action": "file.routed",
+        "target": upload_id,
+        "outcome": verdict.lower(),
+        "correlation_id": stage["correlation_id"],
+        "detail": {"location": destination, "reason": reason},
+    }
+    return [
+        Output(topics.RESULTS, upload_id.encode(), "FileResult", result),
+        Output(topics.AUDIT, tenant.encode(), "AuditEvent", audit),
+    ]
+
+
+STEP = Step(agent="route", input_schema="FileStage", handler=handle)
+
+
+def register(app: faust.App, sender: Sender, settings: Settings) -> None:
+    from streams.app import raw_topic
+
+    @app.agent(raw_topic(app, topics.DEDUPLICATED), name="route")
+    async def route(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await process(STEP, event, sender, settings)

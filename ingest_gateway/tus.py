@@ -1,0 +1,103 @@
+"""tus 1.0 protocol details that do not depend on Kafka: headers and parsing."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import zlib
+from typing import Protocol
+
+from streams.errors import InvalidRequest
+
+TUS_VERSION = "1.0.0"
+EXTENSIONS = ("creation", "checksum", "termination")
+CHECKSUM_ALGORITHMS = ("sha256", "sha1", "md5", "crc32")
+OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+
+# Headers browsers' tus clients must be able to read from responses.
+EXPOSED_HEADERS = (
+    "Location, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, "
+    "Tus-Checksum-Algorithm, Upload-Offset, Upload-Length, Upload-Metadata, "
+    "X-Correlation-ID"
+)
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+class _Crc32:
+    """crc32 behind the hashlib interface, big-endian digest as tusd sends it."""
+
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data: bytes, /) -> None:
+        self._value = zlib.crc32(data, self._value)
+
+    def digest(self) -> bytes:
+        return self._value.to_bytes(4, "big")
+
+
+def parse_metadata(header: str | None) -> dict[str, str]:
+    """Decode Upload-Metadata strictly: unique keys, base64 values, UTF-8."""
+    if header is None or not header.strip():
+        return {}
+    metadata: dict[str, str] = {}
+    for pair in header.split(","):
+        parts = pair.strip().split(" ")
+        if len(parts) not in (1, 2) or not parts[0]:
+            raise InvalidRequest("malformed Upload-Metadata", reason="metadata")
+        key = parts[0]
+        if key in metadata:
+            raise InvalidRequest(f"duplicate metadata key {key!r}", reason="metadata")
+        if not key.isascii() or not key.isprintable():
+            raise InvalidRequest(
+                "metadata keys must be printable ASCII", reason="metadata"
+            )
+        value = ""
+        if len(parts) == 2:
+            try:
+                value = base64.b64decode(parts[1], validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError) as exc:
+                raise InvalidRequest(
+                    f"metadata value of {key!r} is not base64 UTF-8",
+                    reason="metadata",
+                ) from exc
+        metadata[key] = value
+    return metadata
+
+
+def encode_metadata(metadata: dict[str, str]) -> str:
+    return ",".join(
+        f"{k} {base64.b64encode(v.encode()).decode()}" if v else k
+        for k, v in metadata.items()
+    )
+
+
+def parse_checksum(header: str | None) -> tuple[Hasher, bytes] | None:
+    """Upload-Checksum as (hasher, expected digest); 400 if unsupported."""
+    if header is None:
+        return None
+    algorithm, _, encoded = header.strip().partition(" ")
+    algorithm = algorithm.lower()
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        raise InvalidRequest(
+            f"unsupported checksum algorithm {algorithm!r}", reason="checksum-algorithm"
+        )
+    try:
+        expected = base64.b64decode(encoded, validate=True)
+    except binascii.Error as exc:
+        raise InvalidRequest("checksum is not base64", reason="checksum") from exc
+    hasher: Hasher = _Crc32() if algorithm == "crc32" else hashlib.new(algorithm)
+    return hasher, expected
+
+
+def parse_length(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise InvalidRequest(f"{name} must be a non-negative integer", reason="length")
+    return int(value)

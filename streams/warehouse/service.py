@@ -1,0 +1,149 @@
+"""``sluice warehouse serve``: owns the warehouse, loads it, answers queries.
+
+Queries arrive over HTTP with the caller's bearer token. Only read-only
+statements run; upload lookups are scoped to the caller's tenant, and another
+tenant's upload is reported exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from prometheus_client import make_asgi_app
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+
+from streams.auth import AuthenticationError, Principal, TokenVerifier, parse_bearer
+from streams.config import Settings, get_settings
+from streams.errors import ClientError, DataError, InvalidRequest, NotFound
+from streams.logs import get_logger
+from streams.warehouse.backend import ChdbBackend, quote
+from streams.warehouse.loader import Loader
+from streams.warehouse.schema import DATABASE, migrate
+
+log = get_logger(__name__)
+
+QUERY_ROLES = frozenset({"reader", "operator", "auditor", "admin"})
+READ_ONLY = re.compile(r"^\s*(select|with|show|describe|desc|exists)\b", re.I)
+OUTPUT_FORMATS = {
+    "json": "JSONEachRow",
+    "csv": "CSVWithNames",
+    "table": "PrettyCompactMonoBlock",
+    "tsv": "TSVWithNames",
+}
+
+
+class _Forbidden(ClientError):
+    status = 403
+
+
+def _principal(request: Request, allowed: frozenset[str] | None = None) -> Principal:
+    verifier: TokenVerifier = request.app.state.verifier
+    try:
+        principal = verifier.verify(parse_bearer(request.headers.get("authorization")))
+    except AuthenticationError as exc:
+        raise _Unauthenticated(str(exc), reason=exc.reason) from exc
+    if allowed is not None and not principal.roles & allowed:
+        raise _Forbidden("role not permitted", reason="forbidden")
+    return principal
+
+
+class _Unauthenticated(ClientError):
+    status = 401
+
+
+async def query(request: Request) -> Response:
+    _principal(request, QUERY_ROLES)
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise InvalidRequest("body must be JSON", reason="body") from exc
+    sql = str(body.get("sql", "")).strip().rstrip(";")
+    fmt = OUTPUT_FORMATS.get(str(body.get("format", "json")).lower())
+    if fmt is None:
+        raise InvalidRequest("format must be json, csv, tsv or table", reason="format")
+    if not READ_ONLY.match(sql) or ";" in sql:
+        raise InvalidRequest(
+            "only one read-only statement is allowed", reason="read-only"
+        )
+
+    backend: ChdbBackend = request.app.state.backend
+    try:
+        text = await asyncio.to_thread(backend.query_text, sql, fmt)
+    except DataError as exc:
+        raise InvalidRequest(str(exc), reason="query") from exc
+    return PlainTextResponse(text)
+
+
+async def upload(request: Request) -> Response:
+    principal = _principal(request)
+    upload_id = request.path_params["upload_id"]
+    backend: ChdbBackend = request.app.state.backend
+    scope = f"tenant = {quote(principal.tenant)} AND upload_id = {quote(upload_id)}"
+    results = await asyncio.to_thread(
+        backend.query_json,
+        f"SELECT * FROM {DATABASE}.file_results FINAL WHERE {scope}",
+    )
+    stages = await asyncio.to_thread(
+        backend.query_json,
+        f"SELECT stage, occurred_at FROM {DATABASE}.file_stages FINAL "
+        f"WHERE {scope} ORDER BY occurred_at",
+    )
+    if not results and not stages:
+        raise NotFound("upload not found", reason="not-found")
+    result = results[0] if results else None
+    return JSONResponse(
+        {
+            "upload_id": upload_id,
+            "stage": "ROUTED" if result else stages[-1]["stage"],
+            "stages": [s["stage"] for s in stages],
+            "result": result,
+        }
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def _client_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ClientError)
+    headers = {"WWW-Authenticate": 'Bearer realm="sluice"'} if exc.status == 401 else {}
+    return JSONResponse(
+        {"error": exc.reason, "message": str(exc)},
+        status_code=exc.status,
+        headers=headers,
+    )
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        backend = ChdbBackend(settings.chdb_path)
+        version = migrate(backend)
+        loader = Loader(settings, backend)
+        loader.start()
+        app.state.backend = backend
+        app.state.verifier = TokenVerifier.from_settings(settings)
+        log.info("warehouse.ready", schema_version=version)
+        yield
+        loader.stop()
+        backend.close()
+
+    return Starlette(
+        routes=[
+            Route("/v1/query", query, methods=["POST"]),
+            Route("/v1/uploads/{upload_id}", upload, methods=["GET"]),
+            Route("/healthz", healthz),
+            Mount("/metrics", app=make_asgi_app()),
+        ],
+        lifespan=lifespan,
+        exception_handlers={ClientError: _client_error},
+    )
