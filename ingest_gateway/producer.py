@@ -50,6 +50,9 @@ class ProducerPool:
                 ),
                 "enable.idempotence": True,
                 "acks": "all",
+                # The Java client's key hashing, as Faust and Kafka's own tools
+                # use: one upload id maps to one partition for every client.
+                "partitioner": "murmur2_random",
                 "linger.ms": 5,
                 # Bound what one producer may hold in memory while Kafka is slow.
                 "queue.buffering.max.kbytes": 32 * 1024,

@@ -4,10 +4,15 @@ Values travel as raw bytes and are decoded by the agents themselves
 (``streams.pipeline``), so a message that is not valid Avro becomes a dead
 letter instead of an exception inside Faust's consumer.
 
-Faust runs with ``exactly_once``: an agent's sends and its input offsets
-commit in one transaction. Faust's exactly-once mode has known bugs
-(duplicates after a crash, fencing on rebalance), so every side effect the
-agents perform is idempotent as well; see ``agents/``.
+Delivery is at-least-once and every effect is idempotent, which together give
+exactly-once results. Faust's own ``exactly_once`` mode is not used: it picks
+the transactional producer by the *output* partition but commits
+transactions by the *input* partition, so a record sent to a partition other
+than the one being consumed sits in a transaction that is never committed
+(seen here: assembled files that never reached the scanner). Instead an
+agent awaits the broker's ack of its outputs before its input offset may be
+committed; a crash replays inputs, and deterministic object keys, event ids
+and replacing warehouse tables turn the replay into a restatement.
 """
 
 from __future__ import annotations
@@ -26,12 +31,10 @@ def create_app(settings: Settings) -> faust.App:
         "sluice-worker",
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
-        processing_guarantee="exactly_once",
+        processing_guarantee="at_least_once",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.replication_factor,
-        # Downstream agents see a stage's output only once its transaction
-        # commits, so the commit interval is the per-stage latency floor.
-        broker_commit_interval=0.5,
+        broker_commit_interval=1.0,
         web_enabled=True,
         web_bind="127.0.0.1",
         web_port=settings.worker_web_port,

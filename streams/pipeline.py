@@ -72,9 +72,8 @@ class Sender:
             headers=[(k, v.encode()) for k, v in headers.items()],
         )
         # Wait for the broker's ack before the input event is acknowledged:
-        # otherwise Faust may commit the input offset (and its transaction)
-        # while this record still sits in its buffer, and a record sent after
-        # the commit waits in an open transaction until the next event.
+        # otherwise Faust may commit the input offset while this record still
+        # sits in a buffer, and a crash then loses it.
         await pending
 
 
