@@ -81,7 +81,9 @@ def handle(stage: dict[str, Any], headers: dict[str, str]) -> list[Output]:
     log.info("file.routed", verdict=verdict, duplicate=bool(stage["duplicate_of"]))
 
     completed_at = now_ms()
-    dataset = dataset_of(stage) if verdict == "CLEAN" else None
+    # A duplicate's rows are already in the dataset under the first copy.
+    loads = verdict == "CLEAN" and not stage["duplicate_of"]
+    dataset = dataset_of(stage) if loads else None
     scan = stage.get("scan") or {}
     result = {
         "event_id": upload_id,

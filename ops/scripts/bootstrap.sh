@@ -7,7 +7,7 @@ set -euo pipefail
 # shellcheck source=ops/scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-APT_PACKAGES=(clamav-daemon clamav-testfiles libmagic1 netcat-openbsd)
+APT_PACKAGES=(clamav-daemon clamav-testfiles libmagic1 netcat-openbsd shared-mime-info debconf zip)
 PYTHON="${PYTHON:-python3.11}"
 STAMP="$VENV/.sluice-install.stamp"
 

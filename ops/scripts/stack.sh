@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole local Sluice stack, without Docker.
 #   ops/scripts/stack.sh up|down|status [--infra-only]
+#   ops/scripts/stack.sh down NAME...   stop only these components
 # up:     Kafka and clamd, then (unless --infra-only) `sluice topics apply`
 #         and the warehouse, worker and gateway in the background.
 #         Does not install anything: run ops/scripts/bootstrap.sh first
@@ -85,13 +86,21 @@ up() {
   done
 }
 
+# wanted NAME -> 0 when NAME is among the components to stop (all by default)
+wanted() {
+  local name
+  ((${#ONLY[@]} == 0)) && return 0
+  for name in "${ONLY[@]}"; do [[ $name == "$1" ]] && return 0; done
+  return 1
+}
+
 down() {
   local i
   for ((i = ${#APPS[@]} - 1; i >= 0; i--)); do
-    stop_bg "${APPS[i]}" "$(app_pattern "${APPS[i]}")" 30
+    wanted "${APPS[i]}" && stop_bg "${APPS[i]}" "$(app_pattern "${APPS[i]}")" 30
   done
-  "$SCRIPTS/clamd.sh" stop
-  "$SCRIPTS/kafka.sh" stop
+  if wanted clamd; then "$SCRIPTS/clamd.sh" stop; fi
+  if wanted kafka; then "$SCRIPTS/kafka.sh" stop; fi
 }
 
 status() {
@@ -109,10 +118,12 @@ status() {
 cmd="${1:-}"
 shift || true
 infra_only=0
+ONLY=()
 for arg in "$@"; do
   case $arg in
     --infra-only) infra_only=1 ;;
-    *) die "unknown option: $arg" ;;
+    kafka | clamd | warehouse | worker | gateway) ONLY+=("$arg") ;;
+    *) die "unknown option or component: $arg" ;;
   esac
 done
 
