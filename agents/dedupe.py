@@ -9,6 +9,7 @@ Replaying the first upload finds itself in the table and stays the owner.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import faust
@@ -60,16 +61,17 @@ def register(app: faust.App, sender: Sender, settings: Settings) -> None:
             step = Step(
                 agent="dedupe",
                 input_schema="FileStage",
-                handler=lambda stage, _headers, owner=owner: [
-                    Output(
-                        topics.DEDUPLICATED,
-                        stage["upload_id"].encode(),
-                        "FileStage",
-                        decide(stage, owner),
-                    )
-                ],
+                handler=functools.partial(_apply, owner),
             )
             await process(step, event, sender, settings)
+
+
+def _apply(
+    owner: str | None, stage: dict[str, Any], headers: dict[str, str]
+) -> list[Output]:
+    record = decide(stage, owner)
+    key = stage["upload_id"].encode()
+    return [Output(topics.DEDUPLICATED, key, "FileStage", record)]
 
 
 def _claim(owners: Any, event: faust.EventT) -> str | None:

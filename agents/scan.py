@@ -34,6 +34,7 @@ def handle(stage: dict[str, Any], headers: dict[str, str]) -> list[Output]:
 
     scanner = clamd()
     engine = scanner.version()
+    signature: str | None
     if stage["size"] > settings.clamd_stream_max_bytes:
         status, signature = "SUSPICIOUS", LIMIT_SIGNATURE
     else:

@@ -132,7 +132,7 @@ class ProducerPool:
         topic: str,
         key: bytes,
         value: bytes,
-        headers: list[tuple[str, bytes]],
+        headers: list[tuple[str, str | bytes | None]],
     ) -> None:
         while True:
             try:

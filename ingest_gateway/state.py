@@ -84,7 +84,9 @@ class UploadStates:
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("upload_state.poll_error", error=str(error))
                 continue
-            self._apply(message.partition(), message.offset(), message.value())
+            partition, offset = message.partition(), message.offset()
+            if partition is not None and offset is not None:
+                self._apply(partition, offset, message.value())
 
     def _apply(self, partition: int, offset: int, value: bytes | None) -> None:
         with self._lock:

@@ -9,13 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
     TransferSpeedColumn,
 )
-import httpx
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError
 
@@ -90,7 +90,9 @@ class WarehouseClient:
     def query(self, sql: str, fmt: str = "json") -> str:
         response = self._http.post("/v1/query", json={"sql": sql, "format": fmt})
         if response.status_code != 200:
-            raise RuntimeError(f"query refused ({response.status_code}): {response.text}")
+            raise RuntimeError(
+                f"query refused ({response.status_code}): {response.text}"
+            )
         return response.text
 
     def rows(self, sql: str) -> list[dict[str, Any]]:

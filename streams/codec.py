@@ -40,6 +40,8 @@ class Schema:
 def _load(path: Path) -> Schema:
     raw = json.loads(path.read_text())
     parsed = parse_schema(raw, _write_hint=False)
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{path.name}: an event schema must be a record")
     canonical = to_parsing_canonical_form(parsed)
     digest = int(fingerprint(canonical, "CRC-64-AVRO"), 16)
     return Schema(

@@ -52,8 +52,10 @@ def _read_all(settings: Settings, topic: str) -> list[Any]:
                 continue
             if message.error() is not None:
                 continue
-            positions[message.partition()] = message.offset()
-            messages.append(message)
+            partition, offset = message.partition(), message.offset()
+            if partition is not None and offset is not None:
+                positions[partition] = offset
+                messages.append(message)
         return messages
     finally:
         consumer.close()

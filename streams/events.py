@@ -35,8 +35,11 @@ def deterministic_id(*parts: str) -> str:
 
 def make_headers(
     *, correlation_id: str, tenant: str, upload_id: str | None = None
-) -> list[tuple[str, bytes]]:
-    headers = [(CORRELATION_ID, correlation_id.encode()), (TENANT, tenant.encode())]
+) -> list[tuple[str, str | bytes | None]]:
+    headers: list[tuple[str, str | bytes | None]] = [
+        (CORRELATION_ID, correlation_id.encode()),
+        (TENANT, tenant.encode()),
+    ]
     if upload_id is not None:
         headers.append((UPLOAD_ID, upload_id.encode()))
     return headers

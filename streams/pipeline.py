@@ -113,8 +113,9 @@ async def process(
         else:
             assert error is not None
             category = error.category if isinstance(error, SluiceError) else "INTERNAL"
-            letter = {
-                "event_id": f"{message.topic}:{message.partition}:{message.offset}",
+            event_id = f"{message.topic}:{message.partition}:{message.offset}"
+            letter: dict[str, Any] = {
+                "event_id": event_id,
                 "source_topic": message.topic,
                 "partition": message.partition,
                 "offset": message.offset,
@@ -131,7 +132,7 @@ async def process(
             }
             await sender.send(
                 topics.DEAD_LETTER,
-                letter["event_id"].encode(),
+                event_id.encode(),
                 codec.encode("DeadLetter", letter),
                 headers,
             )

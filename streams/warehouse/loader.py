@@ -194,8 +194,11 @@ class Loader:
     def _rewind(self, batch: list[Message]) -> None:
         first: dict[tuple[str, int], int] = {}
         for m in batch:
-            key = (m.topic(), m.partition())
-            first[key] = min(first.get(key, m.offset()), m.offset())
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            if topic is None or partition is None or offset is None:
+                continue
+            key = (topic, partition)
+            first[key] = min(first.get(key, offset), offset)
         for (topic, partition), offset in first.items():
             self._consumer.seek(TopicPartition(topic, partition, offset))
 
@@ -203,9 +206,9 @@ class Loader:
         rows: dict[str, list[tuple[Message, dict[str, Any]]]] = defaultdict(list)
         datasets: list[tuple[Message, dict[str, Any]]] = []
         for message in batch:
-            schema_name, table, to_row = self._routes[message.topic()]
+            schema_name, table, to_row = self._routes[message.topic() or ""]
             try:
-                record = codec.decode(schema_name, message.value())
+                record = codec.decode(schema_name, message.value() or b"")
             except DataError as exc:
                 # Agents dead-letter what they cannot read; a sink can only
                 # report it. The offset still advances so the partition flows.
@@ -249,9 +252,10 @@ class Loader:
         self._dead_letters.flush(10)
 
     def _dead_letter(self, message: Message, error: SluiceError) -> None:
-        headers = headers_to_dict(message.headers())
-        letter = {
-            "event_id": f"{message.topic()}:{message.partition()}:{message.offset()}",
+        headers = headers_to_dict(message.headers())  # type: ignore[arg-type]
+        event_id = f"{message.topic()}:{message.partition()}:{message.offset()}"
+        letter: dict[str, Any] = {
+            "event_id": event_id,
             "source_topic": message.topic(),
             "partition": message.partition(),
             "offset": message.offset(),
@@ -268,7 +272,7 @@ class Loader:
         }
         self._dead_letters.produce(
             self._settings.topic(topics.DEAD_LETTER),
-            key=letter["event_id"].encode(),
+            key=event_id.encode(),
             value=codec.encode("DeadLetter", letter),
             headers=list(headers.items()),
         )

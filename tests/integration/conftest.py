@@ -1,0 +1,254 @@
+"""Fixtures for tests against the real local stack (ops/scripts/stack.sh).
+
+``make test`` starts Kafka, clamd, the warehouse, the worker and the gateway
+under their own SLUICE_HOME and ports, and sets SLUICE_REQUIRE_STACK so a
+missing stack fails the run instead of skipping it. Run alone, against a
+stack from ``make up``, these tests skip when it is not answering.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from streams import codec
+from streams.auth import DevKeys
+from streams.client import WarehouseClient, upload_files
+from streams.config import Settings, get_settings
+from streams.storage import ObjectStore
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "ops" / "scripts"
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.stack)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return get_settings()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stack(settings: Settings) -> None:
+    """The running stack, or a skip (a failure under make test)."""
+    probes = [
+        f"{settings.gateway_url}/healthz",
+        f"http://{settings.warehouse_listen}/healthz",
+    ]
+    if all(_answers(url) for url in probes):
+        return
+    message = "the local stack is not answering (make up, or run make test)"
+    if os.environ.get("SLUICE_REQUIRE_STACK"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def tenant() -> str:
+    """A tenant of its own for each test, so tests never see each other."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def issue(settings: Settings) -> Callable[..., str]:
+    """issue(tenant, *roles) -> a development bearer token."""
+    keys = DevKeys.load_or_create(settings.keys_dir)
+
+    def _issue(tenant: str, *roles: str) -> str:
+        return keys.issue(
+            tenant,
+            list(roles or ("uploader", "reader")),
+            subject=f"test-{tenant}",
+            ttl_s=3600,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+
+    return _issue
+
+
+@pytest.fixture
+def auth(tenant: str, issue: Callable[..., str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue(tenant)}"}
+
+
+@pytest.fixture
+def gateway(settings: Settings) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=settings.gateway_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def warehouse(settings: Settings, auth: dict[str, str]) -> Iterator[WarehouseClient]:
+    client = WarehouseClient(f"http://{settings.warehouse_listen}", auth)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def store(settings: Settings) -> ObjectStore:
+    return ObjectStore(settings.storage_root)
+
+
+def metadata_header(**values: str) -> str:
+    return ",".join(
+        f"{key} {base64.b64encode(value.encode()).decode()}"
+        for key, value in values.items()
+    )
+
+
+def create_upload(
+    gateway: httpx.Client,
+    auth: dict[str, str],
+    length: int,
+    filename: str = "data.bin",
+    **extra: str,
+) -> httpx.Response:
+    """POST /files as a tus client would."""
+    headers = {
+        **TUS,
+        **auth,
+        "Upload-Length": str(length),
+        "Upload-Metadata": metadata_header(filename=filename),
+        **extra,
+    }
+    return gateway.post("/files", headers=headers)
+
+
+def patch_upload(
+    gateway: httpx.Client,
+    auth: dict[str, str],
+    location: str,
+    offset: int,
+    data: bytes,
+    checksum: str | None = None,
+) -> httpx.Response:
+    headers = {
+        **TUS,
+        **auth,
+        "Upload-Offset": str(offset),
+        "Content-Type": "application/offset+octet-stream",
+    }
+    if checksum is not None:
+        headers["Upload-Checksum"] = checksum
+    return gateway.patch(location, headers=headers, content=data)
+
+
+def sha256_checksum(data: bytes) -> str:
+    return "sha256 " + base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+@pytest.fixture
+def upload(
+    settings: Settings, auth: dict[str, str], tmp_path: Path
+) -> Callable[[dict[str, bytes]], dict[str, str]]:
+    """upload({name: bytes}) -> {name: upload id}, through the tus client."""
+
+    def _upload(files: dict[str, bytes]) -> dict[str, str]:
+        folder = tmp_path / uuid.uuid4().hex
+        folder.mkdir()
+        paths = []
+        for name, data in files.items():
+            path = folder / name
+            path.write_bytes(data)
+            paths.append(path)
+        uploaded = upload_files(
+            paths,
+            gateway_url=settings.gateway_url,
+            headers=auth,
+            chunk_size=1024 * 1024,
+            show_progress=False,
+        )
+        assert all(u["upload_id"] for u in uploaded), uploaded
+        return {Path(u["path"]).name: u["upload_id"] for u in uploaded}
+
+    return _upload
+
+
+def topic_end_offsets(settings: Settings, short_name: str) -> dict[int, int]:
+    """High watermark of every partition of a platform topic."""
+    topic = settings.topic(short_name)
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "test-offsets"}
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+    finally:
+        consumer.close()
+
+
+def read_topic(settings: Settings, short_name: str, schema: str) -> list[Any]:
+    """Every committed record of a platform topic, decoded, in offset order."""
+    topic = settings.topic(short_name)
+    ends = {p: e for p, e in topic_end_offsets(settings, short_name).items() if e}
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"test-reader-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    records = []
+    try:
+        consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p, end in ends.items()]
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            positions = consumer.position([TopicPartition(topic, p) for p in ends])
+            if all(tp.offset >= ends[tp.partition] for tp in positions):
+                break
+            message = consumer.poll(0.5)
+            if message is None or message.error() is not None:
+                continue
+            records.append(codec.decode(schema, message.value()))
+    finally:
+        consumer.close()
+    return records
+
+
+def stack_script(*args: str) -> None:
+    """Run one of the stack scripts with the test stack's environment."""
+    subprocess.run([str(SCRIPTS / args[0]), *args[1:]], check=True, timeout=180)
+
+
+def eventually(
+    probe: Callable[[], Any], *, timeout_s: float = 60, every_s: float = 0.5
+) -> Any:
+    """Poll probe() until it returns something truthy; fail at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout_s}s: {probe}")
+        time.sleep(every_s)
