@@ -185,12 +185,15 @@ def run(corpus_dir: Path) -> int:
             token=token,
         )
     )
+    datasets = sorted({r["dataset"] for r in results.values() if r["dataset"]})
     console.print(
         sluice(
             "query",
-            "SELECT name, total_rows FROM system.tables "
-            f"WHERE database = 'datasets' AND name LIKE '{TENANT}\\_\\_%' "
-            "ORDER BY name",
+            " UNION ALL ".join(
+                f"SELECT '{name}' AS dataset, count() AS rows "
+                f"FROM datasets.{TENANT}__{name}"
+                for name in datasets
+            ),
             token=token,
         )
     )

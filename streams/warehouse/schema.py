@@ -12,6 +12,12 @@ from streams.warehouse.backend import Backend
 DATABASE = "sluice"
 DATASETS = "datasets"
 
+# Tables and views of DATABASE whose rows carry a tenant column and that
+# callers may query (scoped to their tenants by streams.warehouse.scope).
+TENANT_TABLES = frozenset(
+    {"file_results", "file_stages", "audit_log", "dead_letters", "uploads"}
+)
+
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (
         1,

@@ -1,14 +1,13 @@
 """``sluice warehouse serve``: owns the warehouse, loads it, answers queries.
 
-Queries arrive over HTTP with the caller's bearer token. Only read-only
-statements run; upload lookups are scoped to the caller's tenant, and another
-tenant's upload is reported exactly like a missing one.
+Queries arrive over HTTP with the caller's bearer token. Only single SELECT
+statements run, scoped to the caller's tenant (``scope``); another tenant's
+upload is reported exactly like a missing one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,11 +24,11 @@ from streams.logs import get_logger
 from streams.warehouse.backend import ChdbBackend, quote
 from streams.warehouse.loader import Loader
 from streams.warehouse.schema import DATABASE, migrate
+from streams.warehouse.scope import scoped_query
 
 log = get_logger(__name__)
 
 QUERY_ROLES = frozenset({"reader", "operator", "auditor", "admin"})
-READ_ONLY = re.compile(r"^\s*(select|with|show|describe|desc|exists)\b", re.I)
 OUTPUT_FORMATS = {
     "json": "JSONEachRow",
     "csv": "CSVWithNames",
@@ -58,21 +57,19 @@ class _Unauthenticated(ClientError):
 
 
 async def query(request: Request) -> Response:
-    _principal(request, QUERY_ROLES)
+    principal = _principal(request, QUERY_ROLES)
     try:
         body = await request.json()
     except ValueError as exc:
         raise InvalidRequest("body must be JSON", reason="body") from exc
-    sql = str(body.get("sql", "")).strip().rstrip(";")
     fmt = OUTPUT_FORMATS.get(str(body.get("format", "json")).lower())
     if fmt is None:
         raise InvalidRequest("format must be json, csv, tsv or table", reason="format")
-    if not READ_ONLY.match(sql) or ";" in sql:
-        raise InvalidRequest(
-            "only one read-only statement is allowed", reason="read-only"
-        )
 
     backend: ChdbBackend = request.app.state.backend
+    sql = await asyncio.to_thread(
+        scoped_query, str(body.get("sql", "")), [principal.tenant], backend
+    )
     try:
         text = await asyncio.to_thread(backend.query_text, sql, fmt)
     except DataError as exc:
