@@ -58,6 +58,17 @@ class Settings(BaseSettings):
     jwt_audience: str = "sluice"
     jwks_file: Path | None = None
     token: SecretStr | None = None  # the CLI's bearer token
+    # An identity provider's JWKS endpoint (https; http only on loopback).
+    # Empty means unset; it and jwks_file are mutually exclusive.
+    jwks_url: str = ""
+    # At most one fetch per interval, so unknown kids cannot flood the provider.
+    jwks_refetch_interval_s: float = Field(default=30.0, ge=1, le=3600)
+    jwks_max_age_s: float = Field(default=600.0, ge=10, le=86400)
+    jwks_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # Clock skew tolerated on exp/nbf/iat; auth.MAX_LEEWAY_S is the same bound.
+    jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
+    # HS256 is refused unless this shared secret (>= 32 bytes) is set.
+    jwt_hs256_secret: SecretStr | None = None
 
     # Worker
     worker_web_port: int = 6066
