@@ -75,9 +75,13 @@ class UploadStates:
         self._watermarks.close()
 
     def _run(self) -> None:
+        # This thread alone calls the consumer: librdkafka serialises calls
+        # on one handle, and a position() from another thread can starve
+        # behind back-to-back polls.
         while not self._stop.is_set():
-            message = self._consumer.poll(0.2)
+            message = self._consumer.poll(0.1)
             if message is None:
+                self._refresh_positions()
                 continue
             error = message.error()
             if error is not None:
@@ -121,7 +125,6 @@ class UploadStates:
                 if remaining <= 0:
                     raise KafkaUnavailable("upload state is lagging behind Kafka")
                 self._lock.wait(min(remaining, 0.05))
-                self._refresh_positions()
 
     def _caught_up(self, targets: dict[int, int]) -> bool:
         return all(self._positions.get(p, 0) >= high for p, high in targets.items())
@@ -133,11 +136,13 @@ class UploadStates:
             )
         except Exception:  # position is advisory; retry on the next wait
             return
-        for tp in positions:
-            if tp.offset >= 0:
-                self._positions[tp.partition] = max(
-                    self._positions.get(tp.partition, 0), tp.offset
-                )
+        with self._lock:
+            for tp in positions:
+                if tp.offset >= 0:
+                    self._positions[tp.partition] = max(
+                        self._positions.get(tp.partition, 0), tp.offset
+                    )
+            self._lock.notify_all()
 
     def get(self, upload_id: str) -> dict[str, Any] | None:
         with self._lock:
