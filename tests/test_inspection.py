@@ -722,6 +722,59 @@ def test_pdf_name_across_a_read_window_boundary(tmp_path: Path) -> None:
     assert check(path) == {"pdf-javascript"}
 
 
+def pdf_with_object_stream(hidden: bytes) -> bytes:
+    """A PDF 1.5 file whose object 5 lives in a deflated object stream.
+
+    Objects in an object stream need a cross-reference stream (object 7),
+    written here uncompressed with /W [1 4 2].
+    """
+    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    offsets = {}
+    for number, body in enumerate(page_objects(b"/OpenAction 5 0 R "), 1):
+        offsets[number] = len(out)
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+
+    header = b"5 0 "
+    packed = zlib.compress(header + hidden)
+    offsets[6] = len(out)
+    out += b"6 0 obj\n<< /Type /ObjStm /N 1 /First %d " % len(header)
+    out += b"/Filter /FlateDecode /Length %d >>\nstream\n" % len(packed)
+    out += packed + b"\nendstream\nendobj\n"
+
+    offsets[7] = len(out)
+    rows = [(0, 0, 65535)] + [(1, offsets[n], 0) for n in range(1, 5)]
+    rows += [(2, 6, 0), (1, offsets[6], 0), (1, offsets[7], 0)]
+    table = b"".join(struct.pack(">BIH", *row) for row in rows)
+    out += b"7 0 obj\n<< /Type /XRef /Size 8 /W [1 4 2] /Root 1 0 R "
+    out += b"/Length %d >>\nstream\n" % len(table) + table + b"\nendstream\nendobj\n"
+    out += b"startxref\n%d\n%%%%EOF\n" % offsets[7]
+    return bytes(out)
+
+
+def test_pdf_javascript_inside_a_compressed_object_stream(tmp_path: Path) -> None:
+    data = pdf_with_object_stream(b"<< /S /JavaScript /JS (app.alert\\(1\\)) >>")
+    assert b"JavaScript" not in data
+    path = write(tmp_path, "objstm.pdf", data)
+
+    assert check(path) == {"pdf-javascript"}
+    assert "deflated from byte" in details(path)["pdf-javascript"]
+
+
+def test_pdf_stream_inflation_is_bounded(tmp_path: Path) -> None:
+    filler = b"%" + b"0" * (2 * MIB) + b"\n"
+    packed = zlib.compress(filler)
+    objects = page_objects()
+    objects[3] = b"<< /Filter /FlateDecode /Length %d >>\nstream\n%s\nendstream" % (
+        len(packed),
+        packed,
+    )
+    path = write(tmp_path, "inflated.pdf", pdf(objects))
+
+    assert check(path) == set()
+    limits = InspectionLimits(max_expanded_bytes=1 * MIB)
+    assert check(path, limits=limits) == {"inspection-incomplete"}
+
+
 def test_pdf_name_that_only_starts_like_js_is_not_javascript(tmp_path: Path) -> None:
     objects = page_objects(b"/Metadata << /JSON (none) /Launcher (no) >> ")
     path = write(tmp_path, "meta.pdf", pdf(objects))

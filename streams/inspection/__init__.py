@@ -14,8 +14,10 @@ naming the first occurrence, with archive members written ``outer!inner``):
   say executable.
 - ``office-macros``: an OLE document, or an OLE part of an OOXML package
   (``vbaProject.bin``, under any name), holding a VBA project (olevba).
-- ``pdf-javascript``: a PDF naming ``/JavaScript`` or ``/JS``.
-- ``pdf-launch-action``: a PDF naming ``/Launch``.
+- ``pdf-javascript``: a PDF naming ``/JavaScript`` or ``/JS``, in its raw
+  bytes or in a deflated stream, also written with ``#xx`` escapes
+  (``/J#61vaScript``).
+- ``pdf-launch-action``: a PDF naming ``/Launch``, found the same way.
 - ``active-content``: SVG or HTML with a ``<script>`` element, an ``on*=``
   event handler (or an animation setting one), or a ``javascript:`` or
   ``vbscript:`` URL, also written with character references or tabs.
@@ -39,8 +41,9 @@ naming the first occurrence, with archive members written ``outer!inner``):
   table of ``agents/typecheck.py``).
 - ``inspection-incomplete``: a check could not finish (the file could not be
   read, an OLE document is over the macro-check limit, a scan stopped at
-  its byte limit, an entry uses an unsupported compression method, or a
-  check failed); the file is not known to be clean.
+  its byte limit, PDF streams inflate past the expansion limit, an entry
+  uses an unsupported compression method, or a check failed); the file is
+  not known to be clean.
 
 Limits are :class:`InspectionLimits`, whose docstring gives each default.
 An ``archive-bomb`` or ``archive-too-deep`` finding means that archive was
@@ -53,10 +56,13 @@ and only OLE documents, up to ``max_office_bytes``, are held whole.
 
 Known limits of these checks:
 
-- PDF names are matched in the raw bytes only. A ``/JavaScript`` or
-  ``/Launch`` inside a compressed object stream (``/ObjStm``) or any other
-  filtered stream is not seen; nor is one in a PDF revision past
-  ``max_scan_bytes``.
+- PDF names are matched in the raw bytes and in every stream whose data
+  starts as zlib (``/FlateDecode`` first, which covers object streams,
+  ``/ObjStm``), up to ``max_expanded_bytes`` inflated. Streams under other
+  filters (``/ASCIIHexDecode``, ``/ASCII85Decode``, ``/LZWDecode``, or
+  Flate behind one of those) are not decoded, so a name hidden in one is
+  not seen; nor is anything past ``max_scan_bytes``. A string that merely
+  mentions ``/JS`` is reported too: the scan does not parse objects.
 - Markup is read as bytes in an ASCII-compatible encoding or as UTF-16 when
   the head says so; an obfuscated ``javascript:`` longer than 64 KiB that
   straddles a 1 MiB window boundary can be missed.

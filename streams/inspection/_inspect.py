@@ -115,7 +115,12 @@ class Inspection:
         pdf_at = _sniff.pdf_header_offset(src)
         if pdf_at >= 0 or mime in PDF_TYPES:
             with self._guard("PDF scan", location):
-                found = scan_pdf(fileobj, src.size, limits.max_scan_bytes)
+                found = scan_pdf(
+                    fileobj,
+                    src.size,
+                    limits.max_scan_bytes,
+                    limits.max_expanded_bytes,
+                )
                 self._extend(found, location)
         if self._is_markup(src, name, mime):
             with self._guard("markup scan", location):

@@ -49,7 +49,8 @@ class InspectionLimits:
     - ``ratio_floor_bytes`` (1 MiB): the ratio rule applies only once this many
       bytes have expanded, so small, very repetitive files are not bombs.
     - ``max_expanded_bytes`` (1 GiB): bytes decompressed across every archive
-      of one file, counted from headers and again while streaming.
+      of one file, counted from headers and again while streaming; also the
+      most a PDF's deflated streams may inflate to (and read) while scanned.
     - ``max_entries`` (10,000): archive entries across every archive of one
       file.
     - ``max_office_bytes`` (64 MiB): largest OLE document handed to olevba,
