@@ -42,6 +42,8 @@ def handle(chunk: dict[str, Any], headers: dict[str, str]) -> list[Output]:
     if chunk["offset"] < 0 or end > chunk["upload_length"]:
         raise IntegrityError("chunk lies outside the declared upload length")
 
+    if already_routed(tenant, upload_id):
+        return []  # a replay of a finished upload
     objects = store()
     assembled = storage.assembled_key(tenant, upload_id)
     if objects.exists(assembled):
@@ -57,8 +59,6 @@ def handle(chunk: dict[str, Any], headers: dict[str, str]) -> list[Output]:
 
     parts = _contiguous_parts(tenant, upload_id, chunk["upload_length"])
     if parts is None:
-        if already_routed(tenant, upload_id, ""):
-            return []
         raise IntegrityError("upload has gaps or overlaps between its chunks")
     digest = objects.write_stream(assembled, _read_parts(tenant, upload_id, parts))
     objects.delete_prefix(storage.parts_prefix(tenant, upload_id))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
+from streams import storage
 from streams.clamd import Clamd
 from streams.config import get_settings
+from streams.errors import IntegrityError
 from streams.storage import ObjectStore
 
 
@@ -20,15 +23,24 @@ def clamd() -> Clamd:
     return Clamd(settings.clamd_host, settings.clamd_port, settings.clamd_timeout_s)
 
 
-def already_routed(tenant: str, upload_id: str, sha256: str) -> bool:
-    """True when an upload's bytes already sit in their final place.
+def already_routed(tenant: str, upload_id: str) -> bool:
+    """True when the route agent has put this upload in its final place.
 
-    A stage replayed after the route agent removed staging (possible when
-    Faust's exactly-once misfires after a crash) then has nothing left to do.
+    Delivery is at least once, so any stage may see an event again after
+    the upload finished and its staging was removed. Stages before routing
+    then have nothing left to do; the marker tells them so.
     """
-    from streams import storage
+    return store().exists(storage.routed_key(tenant, upload_id))
 
-    objects = store()
-    return objects.exists(storage.quarantine_key(tenant, upload_id)) or (
-        bool(sha256) and objects.exists(storage.content_key(tenant, sha256))
-    )
+
+def staged(stage: dict[str, Any]) -> bool:
+    """Whether a stage event still has its staged file to work on.
+
+    False for a replay of a finished upload (skip it); IntegrityError when
+    the staged file is gone although the upload never reached its place.
+    """
+    if store().exists(stage["staging_key"]):
+        return True
+    if already_routed(stage["tenant"], stage["upload_id"]):
+        return False
+    raise IntegrityError("staged file is missing and the upload was never routed")

@@ -16,6 +16,7 @@ often this step is replayed.
 
 from __future__ import annotations
 
+import json
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -77,6 +78,12 @@ def handle(stage: dict[str, Any], headers: dict[str, str]) -> list[Output]:
         written = objects.copy(stage["staging_key"], destination)
         if written.sha256 != sha256 or written.size != stage["size"]:
             raise IntegrityError("staged file changed after it was scanned")
+    # Marked before staging goes, so a replayed earlier stage finds the
+    # marker rather than a missing file.
+    marker = {"location": destination, "verdict": verdict}
+    objects.put(
+        storage.routed_key(tenant, upload_id), json.dumps(marker).encode("utf-8")
+    )
     objects.delete_prefix(storage.staging_prefix(tenant, upload_id))
     log.info("file.routed", verdict=verdict, duplicate=bool(stage["duplicate_of"]))
 

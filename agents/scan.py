@@ -13,7 +13,7 @@ from typing import Any
 
 import faust
 
-from agents.deps import already_routed, clamd, store
+from agents.deps import clamd, staged, store
 from streams import topics
 from streams.config import Settings, get_settings
 from streams.events import now_ms
@@ -28,9 +28,8 @@ LIMIT_SIGNATURE = "Sluice.Limits.StreamMaxLength"
 def handle(stage: dict[str, Any], headers: dict[str, str]) -> list[Output]:
     settings = get_settings()
     objects = store()
-    if not objects.exists(stage["staging_key"]):
-        if already_routed(stage["tenant"], stage["upload_id"], stage["sha256"]):
-            return []
+    if not staged(stage):
+        return []
 
     scanner = clamd()
     engine = scanner.version()

@@ -18,7 +18,7 @@ from typing import Any
 import faust
 import magic
 
-from agents.deps import already_routed, store
+from agents.deps import staged, store
 from streams import topics
 from streams.config import Settings
 from streams.events import now_ms
@@ -87,9 +87,7 @@ def findings_for(filename: str, mime: str) -> list[str]:
 
 def handle(stage: dict[str, Any], headers: dict[str, str]) -> list[Output]:
     objects = store()
-    if not objects.exists(stage["staging_key"]) and already_routed(
-        stage["tenant"], stage["upload_id"], stage["sha256"]
-    ):
+    if not staged(stage):
         return []
 
     head = objects.read_head(stage["staging_key"], HEAD_BYTES)

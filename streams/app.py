@@ -27,6 +27,8 @@ from streams.config import Settings, get_settings
 
 
 def create_app(settings: Settings) -> faust.App:
+    datadir = settings.home / "worker" / settings.worker_name
+    datadir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         "sluice-worker",
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -35,6 +37,11 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.replication_factor,
         broker_commit_interval=1.0,
+        # A killed worker's partitions move to the others within seconds,
+        # not after Faust's default minute of silence.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
+        datadir=str(datadir),
         web_enabled=True,
         web_bind="127.0.0.1",
         web_port=settings.worker_web_port,

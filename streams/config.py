@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     jwt_hs256_secret: SecretStr | None = None
 
     # Worker
+    worker_name: str = "worker-1"  # one per worker process on a host
     worker_web_port: int = 6066
     worker_metrics_port: int = 9101
     warehouse_metrics_port: int = 9102

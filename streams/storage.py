@@ -8,6 +8,8 @@ after a crash) overwrites it with the same bytes instead of creating a copy:
     files/{tenant}/sha256/{h[:2]}/{h}                 clean content, once per
                                                       tenant and digest
     quarantine/{tenant}/{upload_id}                   infected or suspicious
+    routed/{tenant}/{upload_id}                       marker: the upload reached
+                                                      its final place
 
 Uploaders are never served anything under staging/ or quarantine/.
 """
@@ -48,6 +50,10 @@ def content_key(tenant: str, sha256: str) -> str:
 
 def quarantine_key(tenant: str, upload_id: str) -> str:
     return f"quarantine/{tenant}/{upload_id}"
+
+
+def routed_key(tenant: str, upload_id: str) -> str:
+    return f"routed/{tenant}/{upload_id}"
 
 
 @dataclass(frozen=True)
