@@ -1063,6 +1063,14 @@ def test_zip_entry_names_that_escape(tmp_path: Path, name: str) -> None:
     assert check(path) == {"archive-path-escape"}
 
 
+def test_entry_names_are_escaped_in_details(tmp_path: Path) -> None:
+    path = write(tmp_path, "ansi.zip", zip_of({"../\x1b[2Jevil\n.sh": b"x\n"}))
+
+    detail = details(path)["archive-path-escape"]
+    assert detail.startswith("../\\x1b[2Jevil\\x0a.sh: ")
+    assert detail.isprintable()
+
+
 def test_zip_symlink_out_of_the_tree(tmp_path: Path) -> None:
     link = zipfile.ZipInfo("config/link", (2024, 5, 1, 12, 0, 0))
     link.create_system = 3
@@ -1387,6 +1395,8 @@ def test_policy_is_frozen_and_validated() -> None:
     assert hash(sparse) == hash(Policy({"polyglot": Action.ALLOW}))
     with pytest.raises(TypeError):
         sparse["polyglot"] = Action.REJECT  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        sparse._actions = {}
 
 
 def test_public_surface() -> None:

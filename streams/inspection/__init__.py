@@ -66,7 +66,8 @@ Known limits of these checks:
 - Markup is read as bytes in an ASCII-compatible encoding or as UTF-16 when
   the head says so; an obfuscated ``javascript:`` longer than 64 KiB that
   straddles a 1 MiB window boundary can be missed.
-- Only zip, tar and gzip are opened; 7z, RAR, bzip2 and xz files are left to
+- Only zip, tar (POSIX or GNU, found by its ``ustar`` magic) and gzip are
+  opened; 7z, RAR, cpio, bzip2, xz and pre-POSIX tar files are left to
   clamd. Excel 4 (XLM) macros are not looked for.
 """
 

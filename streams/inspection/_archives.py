@@ -163,9 +163,9 @@ def join(location: str, name: str) -> str:
     return f"{location}!{name}" if location else name
 
 
-def display(name: str) -> str:
-    """A member name made safe for logs: printable and bounded."""
-    text = name if len(name) <= 200 else name[:200] + "..."
+def display(name: str, limit: int = 200) -> str:
+    """Text made safe for logs: printable and bounded."""
+    text = name if len(name) <= limit else name[:limit] + "..."
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 

@@ -41,6 +41,7 @@ LEADING_FORMATS = (
 )
 
 DEFAULT_LIMITS = InspectionLimits()
+DETAIL_CHARS = 1000
 
 
 def inspect_file(
@@ -80,8 +81,9 @@ class Inspection:
     def add(self, code: Code, detail: str, location: str) -> None:
         """Record a finding unless its code is already recorded."""
         if code not in self._found:
+            # Details carry names and bytes from the file; keep logs sane.
             text = f"{location}: {detail}" if location else detail
-            self._found[code] = Finding(code, text)
+            self._found[code] = Finding(code, display(text, DETAIL_CHARS))
 
     def _extend(self, findings: list[Finding], location: str) -> None:
         for finding in findings:
@@ -214,7 +216,7 @@ class Inspection:
             raise
         except Exception as exc:  # any failure of a check must fail closed
             detail = f"{check} failed: {type(exc).__name__}: {exc}"
-            self.add(Code.INSPECTION_INCOMPLETE, display(detail), location)
+            self.add(Code.INSPECTION_INCOMPLETE, detail, location)
 
 
 def _leading_format(head: bytes) -> str | None:

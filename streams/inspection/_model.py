@@ -100,6 +100,8 @@ class Policy(Mapping[str, Action]):
     """
 
     __slots__ = ("_actions", "_fallback")
+    _actions: dict[str, Action]
+    _fallback: Action
 
     def __init__(
         self,
@@ -114,8 +116,14 @@ class Policy(Mapping[str, Action]):
             if code not in known:
                 raise ValueError(f"unknown finding code {code!r}")
             resolved[code] = Action(action)
-        self._actions = resolved
-        self._fallback = Action(fallback)
+        object.__setattr__(self, "_actions", resolved)
+        object.__setattr__(self, "_fallback", Action(fallback))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Policy is immutable; use merged()")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("Policy is immutable")
 
     @property
     def fallback(self) -> Action:
