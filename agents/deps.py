@@ -6,7 +6,7 @@ from functools import lru_cache
 from typing import Any
 
 from streams import storage
-from streams.clamd import Clamd
+from streams.clamd import CircuitBreaker, Clamd
 from streams.config import get_settings
 from streams.errors import IntegrityError
 from streams.storage import ObjectStore
@@ -20,7 +20,10 @@ def store() -> ObjectStore:
 @lru_cache(maxsize=1)
 def clamd() -> Clamd:
     settings = get_settings()
-    return Clamd(settings.clamd_host, settings.clamd_port, settings.clamd_timeout_s)
+    breaker = CircuitBreaker(reset_s=settings.clamd_breaker_reset_s)
+    return Clamd(
+        settings.clamd_host, settings.clamd_port, settings.clamd_timeout_s, breaker
+    )
 
 
 def already_routed(tenant: str, upload_id: str) -> bool:

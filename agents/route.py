@@ -8,7 +8,9 @@ Verdicts, in order of precedence:
 - CLEAN: clamd scanned every byte and found nothing, and the type checks out.
 
 Clean bytes go to their content-addressed place (so a tenant's duplicate is
-stored once); everything else goes to quarantine under the upload id. Clean
+stored once); everything else goes to quarantine under the upload id,
+encrypted (``streams.quarantine``). The result is recorded in the upload's
+routed marker, so a replay restates it exactly. Clean
 tabular files name the warehouse dataset they load into. The result's
 event_id is the upload id, so there is exactly one result per upload however
 often this step is replayed.
@@ -24,8 +26,8 @@ import faust
 
 from agents.deps import store
 from agents.typecheck import extension
-from streams import storage, topics
-from streams.config import Settings
+from streams import quarantine, storage, topics
+from streams.config import Settings, get_settings
 from streams.errors import IntegrityError
 from streams.events import deterministic_id, now_ms
 from streams.logs import get_logger
@@ -64,35 +66,68 @@ def dataset_of(stage: dict[str, Any]) -> str | None:
 
 
 def handle(stage: dict[str, Any], headers: dict[str, str]) -> list[Output]:
+    tenant, upload_id = stage["tenant"], stage["upload_id"]
+    objects = store()
+
+    # A replay restates the result recorded when the upload was routed, to
+    # the byte: one result per upload however often this step runs.
+    result = routed_result(tenant, upload_id)
+    if result is None:
+        result = build_result(stage)
+        place(stage, result["verdict"], result["location"])
+        objects.put(
+            storage.routed_key(tenant, upload_id),
+            json.dumps({"result": result}).encode("utf-8"),
+        )
+        log.info(
+            "file.routed",
+            verdict=result["verdict"],
+            duplicate=bool(stage["duplicate_of"]),
+        )
+    # Staging goes only after the marker is written, so a replayed earlier
+    # stage finds the marker rather than a missing file.
+    objects.delete_prefix(storage.staging_prefix(tenant, upload_id))
+
+    audit = {
+        "event_id": deterministic_id(upload_id, "file.routed"),
+        "occurred_at": result["completed_at"],
+        "tenant": tenant,
+        "actor": "system:route",
+        "action": "file.routed",
+        "target": upload_id,
+        "outcome": result["verdict"].lower(),
+        "correlation_id": result["correlation_id"],
+        "detail": {"location": result["location"], "reason": result["reason"]},
+    }
+    return [
+        Output(topics.RESULTS, upload_id.encode(), "FileResult", result),
+        Output(topics.AUDIT, tenant.encode(), "AuditEvent", audit),
+    ]
+
+
+def routed_result(tenant: str, upload_id: str) -> dict[str, Any] | None:
+    """The result recorded in the upload's routed marker, if it was routed."""
+    objects = store()
+    key = storage.routed_key(tenant, upload_id)
+    if not objects.exists(key):
+        return None
+    marker = json.loads(objects.read_head(key, 1024 * 1024))
+    result = marker.get("result") if isinstance(marker, dict) else None
+    return result if isinstance(result, dict) else None
+
+
+def build_result(stage: dict[str, Any]) -> dict[str, Any]:
+    """The terminal FileResult of a stage that went through every check."""
     tenant, upload_id, sha256 = stage["tenant"], stage["upload_id"], stage["sha256"]
     verdict, reason, signature = verdict_of(stage)
     if verdict == "CLEAN":
-        destination = storage.content_key(tenant, sha256)
+        location = storage.content_key(tenant, sha256)
     else:
-        destination = storage.quarantine_key(tenant, upload_id)
-
-    objects = store()
-    if not objects.exists(destination):
-        if not objects.exists(stage["staging_key"]):
-            raise IntegrityError("staged file is missing and was never routed")
-        written = objects.copy(stage["staging_key"], destination)
-        if written.sha256 != sha256 or written.size != stage["size"]:
-            raise IntegrityError("staged file changed after it was scanned")
-    # Marked before staging goes, so a replayed earlier stage finds the
-    # marker rather than a missing file.
-    marker = {"location": destination, "verdict": verdict}
-    objects.put(
-        storage.routed_key(tenant, upload_id), json.dumps(marker).encode("utf-8")
-    )
-    objects.delete_prefix(storage.staging_prefix(tenant, upload_id))
-    log.info("file.routed", verdict=verdict, duplicate=bool(stage["duplicate_of"]))
-
-    completed_at = now_ms()
+        location = storage.quarantine_key(tenant, upload_id)
     # A duplicate's rows are already in the dataset under the first copy.
     loads = verdict == "CLEAN" and not stage["duplicate_of"]
-    dataset = dataset_of(stage) if loads else None
     scan = stage.get("scan") or {}
-    result = {
+    return {
         "event_id": upload_id,
         "upload_id": upload_id,
         "tenant": tenant,
@@ -105,27 +140,28 @@ def handle(stage: dict[str, Any], headers: dict[str, str]) -> list[Output]:
         "engine": scan.get("engine"),
         "detected_mime": stage["detected_mime"],
         "findings": stage["findings"],
-        "location": destination,
+        "location": location,
         "duplicate_of": stage["duplicate_of"],
-        "dataset": dataset,
+        "dataset": dataset_of(stage) if loads else None,
         "correlation_id": stage["correlation_id"],
-        "completed_at": completed_at,
+        "completed_at": now_ms(),
     }
-    audit = {
-        "event_id": deterministic_id(upload_id, "file.routed"),
-        "occurred_at": completed_at,
-        "tenant": tenant,
-        "actor": "system:route",
-        "action": "file.routed",
-        "target": upload_id,
-        "outcome": verdict.lower(),
-        "correlation_id": stage["correlation_id"],
-        "detail": {"location": destination, "reason": reason},
-    }
-    return [
-        Output(topics.RESULTS, upload_id.encode(), "FileResult", result),
-        Output(topics.AUDIT, tenant.encode(), "AuditEvent", audit),
-    ]
+
+
+def place(stage: dict[str, Any], verdict: str, destination: str) -> None:
+    """Copy the staged bytes to their final place (sealed in quarantine)."""
+    objects = store()
+    if objects.exists(destination):
+        return  # content-addressed: a tenant's duplicate, or a replay
+    if not objects.exists(stage["staging_key"]):
+        raise IntegrityError("staged file is missing and was never routed")
+    if verdict == "CLEAN":
+        written = objects.copy(stage["staging_key"], destination)
+    else:
+        key = quarantine.load_key(get_settings())
+        written = quarantine.put(objects, stage["staging_key"], destination, key)
+    if written.sha256 != stage["sha256"] or written.size != stage["size"]:
+        raise IntegrityError("staged file changed after it was scanned")
 
 
 STEP = Step(agent="route", input_schema="FileStage", handler=handle)

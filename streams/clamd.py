@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from prometheus_client import Gauge
 
-from streams.errors import ScanUnavailable
+from streams.errors import ScanPaused, ScanUnavailable
 from streams.logs import get_logger
 
 log = get_logger(__name__)
@@ -72,8 +72,11 @@ class CircuitBreaker:
         """Run action unless the breaker is open; count its failure or success."""
         with self._lock:
             if self._opened_at is not None:
-                if self._clock() - self._opened_at < self._reset_s:
-                    raise ScanUnavailable("clamd circuit breaker is open")
+                remaining = self._reset_s - (self._clock() - self._opened_at)
+                if remaining > 0:
+                    raise ScanPaused(
+                        "clamd circuit breaker is open", retry_after_s=remaining
+                    )
                 # Half open: this call is the trial; others keep failing fast.
                 self._opened_at = self._clock()
         try:

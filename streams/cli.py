@@ -1,7 +1,8 @@
 """The ``sluice`` command line: services, operator tools and clients.
 
 Services: ``gateway``, ``worker``, ``warehouse serve|migrate``.
-Operators: ``topics apply|list``, ``token``, ``dlq list|replay``.
+Operators: ``topics apply|list``, ``token``, ``dlq list|replay``,
+``quarantine list|release|delete``.
 Clients: ``upload``, ``status``, ``query``.
 
 Client commands authenticate with the bearer token in ``SLUICE_TOKEN`` (or
@@ -249,6 +250,66 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from streams import quarantine, topics
+    from streams.errors import NotFound
+    from streams.publish import Publisher
+    from streams.storage import ObjectStore
+
+    settings = get_settings()
+    objects = ObjectStore(settings.storage_root)
+    if args.action == "list":
+        entries = quarantine.entries(objects, args.tenant)
+        if args.json:
+            print(json.dumps([vars(e) for e in entries], indent=2))
+            return 0
+        table = Table("tenant", "upload", "verdict", "bytes", "reason")
+        for e in entries:
+            table.add_row(
+                e.tenant, e.upload_id, e.verdict, str(e.stored_bytes), e.reason
+            )
+        out.print(table)
+        return 0
+
+    if not args.tenant or not args.upload_id:
+        err.print("[red]release and delete need --tenant and an upload id")
+        return 2
+    publisher = Publisher(settings)
+    action = f"quarantine.{args.action}d"  # quarantine.released / .deleted
+    try:
+        if args.action == "release":
+            key = quarantine.load_key(settings)
+            result = quarantine.release(
+                objects, args.tenant, args.upload_id, key, args.actor
+            )
+        else:
+            result = quarantine.delete(objects, args.tenant, args.upload_id, args.actor)
+    except NotFound:
+        publisher.audit(
+            tenant=args.tenant,
+            actor=args.actor,
+            action=action,
+            target=args.upload_id,
+            outcome="not-found",
+        )
+        publisher.flush()
+        err.print("[red]no such quarantined upload")
+        return 1
+    publisher.send(topics.RESULTS, args.upload_id, "FileResult", result)
+    publisher.audit(
+        tenant=args.tenant,
+        actor=args.actor,
+        action=action,
+        target=args.upload_id,
+        outcome="success",
+        correlation_id=result["correlation_id"],
+        detail={"location": result["location"]},
+    )
+    publisher.flush()
+    out.print(f"{args.action}d {args.upload_id}: {result['location'] or 'gone'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__.split("\n")[0])
     parser.add_argument("--token", help="bearer token (default: $SLUICE_TOKEN)")
@@ -301,6 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("--actor", default="operator", help="who replays, for audit")
     dlq.add_argument("--json", action="store_true")
     dlq.set_defaults(func=cmd_dlq)
+
+    quarantined = sub.add_parser("quarantine", help="list, release or delete")
+    quarantined.add_argument("action", choices=["list", "release", "delete"])
+    quarantined.add_argument("upload_id", nargs="?")
+    quarantined.add_argument("--tenant", help="the upload's tenant (list: filter)")
+    quarantined.add_argument("--actor", default="operator", help="who, for audit")
+    quarantined.add_argument("--json", action="store_true")
+    quarantined.set_defaults(func=cmd_quarantine)
     return parser
 
 

@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     warehouse_metrics_port: int = 9102
     retry_attempts: int = Field(default=4, ge=1, le=20)
     retry_backoff_s: float = Field(default=0.5, ge=0)
+    # How long an event may wait on an open circuit breaker before it is
+    # dead-lettered, and how long a breaker stays open before a trial.
+    retry_wait_max_s: float = Field(default=120.0, ge=0)
+    clamd_breaker_reset_s: float = Field(default=5.0, gt=0)
+
+    # Quarantine: base64 of a 32-byte AES key; generated under keys/ if unset.
+    quarantine_key: SecretStr | None = None
 
     log_level: str = "INFO"
 

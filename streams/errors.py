@@ -14,6 +14,7 @@
     ├── DependencyUnavailable  Kafka, clamd, storage or warehouse down (retriable)
     │   ├── KafkaUnavailable
     │   ├── ScanUnavailable
+    │   │   └── ScanPaused         clamd's circuit breaker is open: wait
     │   ├── StorageUnavailable
     │   └── WarehouseUnavailable
     └── DataError              the data itself is bad (never retried)
@@ -87,6 +88,18 @@ class KafkaUnavailable(DependencyUnavailable):
 
 class ScanUnavailable(DependencyUnavailable):
     category = "SCAN_UNAVAILABLE"
+
+
+class DependencyPaused(DependencyUnavailable):
+    """Refused without trying, because a breaker is open; try after a delay."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ScanPaused(DependencyPaused, ScanUnavailable):
+    """clamd's circuit breaker is open."""
 
 
 class StorageUnavailable(DependencyUnavailable):

@@ -20,7 +20,7 @@ from prometheus_client import Counter, Histogram
 
 from streams import codec, topics
 from streams.config import Settings
-from streams.errors import DecodeError, SluiceError
+from streams.errors import DecodeError, DependencyPaused, SluiceError
 from streams.events import CORRELATION_ID, TENANT, UPLOAD_ID, headers_to_dict, now_ms
 from streams.logs import bound, get_logger
 
@@ -162,11 +162,21 @@ async def _attempt(
         return "dead-letter", [], exc, 1
 
     attempts = 0
+    waited = 0.0
     while True:
         attempts += 1
         try:
             outputs = await asyncio.to_thread(step.handler, record, headers)
             return "ok", outputs, None, attempts
+        except DependencyPaused as exc:
+            # A breaker refused without trying: wait for its next trial and
+            # do not count this as an attempt, up to a bound.
+            attempts -= 1
+            waited += exc.retry_after_s
+            if waited > settings.retry_wait_max_s:
+                return "dead-letter", [], exc, attempts
+            await asyncio.sleep(exc.retry_after_s)
+            continue
         except SluiceError as exc:
             if not exc.retriable or attempts >= settings.retry_attempts:
                 return "dead-letter", [], exc, attempts

@@ -1,0 +1,90 @@
+"""Quarantine: sealed at rest, listed, released and deleted by operators, audited."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+from ops.demo.corpus import EICAR
+from streams.client import WarehouseClient
+from streams.storage import ObjectStore, content_key
+
+from .conftest import eventually
+
+
+def sluice(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        check=True,
+    )
+    return done.stdout
+
+
+def test_quarantine_is_sealed_and_operators_release_or_delete(
+    upload: Callable[[dict[str, bytes]], dict[str, str]],
+    warehouse: WarehouseClient,
+    store: ObjectStore,
+    tenant: str,
+) -> None:
+    eicar_padded = EICAR + b"\n" * 3
+    uploads = upload({"eicar.com": EICAR, "also-eicar.txt": eicar_padded})
+    results = warehouse.wait_for_results(list(uploads.values()), timeout_s=60)
+    first, second = uploads["eicar.com"], uploads["also-eicar.txt"]
+    location = results[first]["location"]
+    assert location == f"quarantine/{tenant}/{first}"
+
+    # At rest the bytes are sealed: the signature is not in the object.
+    raw = b"".join(store.read_blocks(location))
+    assert EICAR not in raw and raw.startswith(b"SLQ1")
+
+    listed = json.loads(sluice("quarantine", "list", "--tenant", tenant, "--json"))
+    assert {e["upload_id"]: e["verdict"] for e in listed} == {
+        first: "INFECTED",
+        second: "INFECTED",
+    }
+
+    sluice("quarantine", "release", first, "--tenant", tenant, "--actor", "alice")
+    released = content_key(tenant, results[first]["sha256"])
+    assert b"".join(store.read_blocks(released)) == EICAR
+    assert not store.exists(location)
+
+    sluice("quarantine", "delete", second, "--tenant", tenant, "--actor", "bob")
+    assert not store.exists(f"quarantine/{tenant}/{second}")
+
+    def restated() -> dict[str, dict[str, object]]:
+        now = warehouse.results([first, second])
+        done = now[first]["location"] == released and now[second]["location"] == ""
+        return now if done else {}
+
+    now = eventually(restated, timeout_s=30)
+    assert "released from quarantine by alice" in str(now[first]["reason"])
+    assert "deleted from quarantine by bob" in str(now[second]["reason"])
+
+    def audited() -> list[dict[str, str]]:
+        rows = warehouse.rows(
+            "SELECT actor, action, target, outcome FROM sluice.audit_log FINAL "
+            "WHERE action LIKE 'quarantine.%' ORDER BY action"
+        )
+        return rows if len(rows) == 2 else []
+
+    assert eventually(audited, timeout_s=30) == [
+        {
+            "actor": "bob",
+            "action": "quarantine.deleted",
+            "target": second,
+            "outcome": "success",
+        },
+        {
+            "actor": "alice",
+            "action": "quarantine.released",
+            "target": first,
+            "outcome": "success",
+        },
+    ]
+    assert json.loads(sluice("quarantine", "list", "--tenant", tenant, "--json")) == []
