@@ -3,9 +3,11 @@
 Verdicts, in order of precedence:
 
 - INFECTED: clamd found a signature.
-- SUSPICIOUS: clamd could not scan all of it (limits, encryption), or type
-  verification found something (executable content, type mismatch).
-- CLEAN: clamd scanned every byte and found nothing, and the type checks out.
+- REJECTED: the deep checks found something the tenant's policy refuses.
+- SUSPICIOUS: clamd could not scan all of it (limits, encryption), or the
+  deep checks found something the policy quarantines (the default).
+- CLEAN: clamd scanned every byte and found nothing, and every finding (if
+  any) is one the tenant's policy allows.
 
 Clean bytes go to their content-addressed place (so a tenant's duplicate is
 stored once); everything else goes to quarantine under the upload id,
@@ -30,9 +32,11 @@ from streams import quarantine, storage, topics
 from streams.config import Settings, get_settings
 from streams.errors import IntegrityError
 from streams.events import deterministic_id, now_ms
+from streams.inspection import Action
 from streams.logs import get_logger
 from streams.names import safe_table_name
 from streams.pipeline import Output, Sender, Step, process
+from streams.policy import action_for
 
 log = get_logger(__name__)
 
@@ -54,7 +58,13 @@ def verdict_of(stage: dict[str, Any]) -> tuple[str, str, str | None]:
             scan["signature"],
         )
     if stage["findings"]:
-        return "SUSPICIOUS", "type check: " + ", ".join(stage["findings"]), None
+        codes = ", ".join(stage["findings"])
+        action = action_for(stage["tenant"], stage["findings"])
+        if action is Action.REJECT:
+            return "REJECTED", f"refused by policy: {codes}", None
+        if action is Action.QUARANTINE:
+            return "SUSPICIOUS", f"deep checks: {codes}", None
+        return "CLEAN", f"no threats found (allowed by policy: {codes})", None
     return "CLEAN", "no threats found", None
 
 

@@ -1,11 +1,12 @@
 """Typecheck agent: what the bytes really are, against what the name claims.
 
-libmagic reads the head of the content; the detected MIME type is compared
-with the types the extension allows. Findings have stable codes:
-
-- ``executable-content``: an executable (ELF, PE, Mach-O, script with a
-  shebang) under a name that does not say so.
-- ``type-mismatch``: the content is not a type the extension allows.
+libmagic reads the head of the content, then the deep checks of
+:mod:`streams.inspection` look inside: executables, Office macros, PDF
+actions, active markup, archive bombs, escapes and encryption, polyglots,
+and a type the extension does not allow. Each finding is a stable code
+(``streams.inspection.Code``) carried in the stage's ``findings``; the route
+agent turns them into a verdict with the tenant's policy
+(``streams.policy``).
 
 The output is keyed by tenant:sha256 so the dedupe agent's table lookups stay
 on the partition that owns the digest.
@@ -13,6 +14,7 @@ on the partition that owns the digest.
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 import faust
@@ -22,6 +24,7 @@ from agents.deps import staged, store
 from streams import topics
 from streams.config import Settings
 from streams.events import now_ms
+from streams.inspection import inspect_file
 from streams.logs import get_logger
 from streams.pipeline import Output, Sender, Step, process
 
@@ -29,60 +32,18 @@ log = get_logger(__name__)
 
 HEAD_BYTES = 64 * 1024
 
-EXECUTABLE_TYPES = frozenset(
-    {
-        "application/x-dosexec",
-        "application/x-executable",
-        "application/x-pie-executable",
-        "application/x-sharedlib",
-        "application/x-mach-binary",
-        "application/x-elf",
-        "text/x-shellscript",
-        "text/x-script.python",
-        "text/x-perl",
-    }
-)
-EXECUTABLE_EXTENSIONS = frozenset({"exe", "dll", "so", "bin", "sh", "py", "pl", "elf"})
-
-TEXT_TYPES = ("text/plain", "text/csv", "application/csv")
-# Extension -> MIME types its content may have. Unlisted extensions are not
-# checked for mismatch; executables are always checked.
-ALLOWED_TYPES: dict[str, tuple[str, ...]] = {
-    "csv": TEXT_TYPES,
-    "tsv": (*TEXT_TYPES, "text/tab-separated-values"),
-    "txt": ("text/plain",),
-    "json": ("application/json", "text/plain"),
-    "jsonl": ("application/json", "application/x-ndjson", "text/plain"),
-    "ndjson": ("application/json", "application/x-ndjson", "text/plain"),
-    "parquet": (
-        "application/vnd.apache.parquet",
-        "application/x-parquet",
-        "application/octet-stream",
-    ),
-    "pdf": ("application/pdf",),
-    "png": ("image/png",),
-    "jpg": ("image/jpeg",),
-    "jpeg": ("image/jpeg",),
-    "gif": ("image/gif",),
-    "zip": ("application/zip",),
-    "gz": ("application/gzip", "application/x-gzip"),
-}
-
 
 def extension(filename: str) -> str:
     _, dot, ext = filename.rpartition(".")
     return ext.lower() if dot else ""
 
 
-def findings_for(filename: str, mime: str) -> list[str]:
-    ext = extension(filename)
-    findings = []
-    if mime in EXECUTABLE_TYPES and ext not in EXECUTABLE_EXTENSIONS:
-        findings.append("executable-content")
-    allowed = ALLOWED_TYPES.get(ext)
-    if allowed is not None and mime not in allowed:
-        findings.append("type-mismatch")
-    return findings
+def findings_of(local_path: str, filename: str, mime: str) -> list[str]:
+    """Finding codes of a local file, each at most once, in finding order."""
+    findings = inspect_file(local_path, filename, mime)
+    for finding in findings:
+        log.info("file.finding", code=finding.code.value, detail=finding.detail)
+    return [finding.code.value for finding in findings]
 
 
 def handle(stage: dict[str, Any], headers: dict[str, str]) -> list[Output]:
@@ -92,7 +53,16 @@ def handle(stage: dict[str, Any], headers: dict[str, str]) -> list[Output]:
 
     head = objects.read_head(stage["staging_key"], HEAD_BYTES)
     mime = magic.from_buffer(head, mime=True) if head else "application/x-empty"
-    findings = findings_for(stage["filename"], mime)
+    local = objects.local_path(stage["staging_key"])
+    if local is not None:
+        findings = findings_of(local, stage["filename"], mime)
+    else:
+        # Remote storage: the checks need random access, so copy it first.
+        with tempfile.NamedTemporaryFile(prefix="sluice-inspect-") as copy:
+            for block in objects.read_blocks(stage["staging_key"]):
+                copy.write(block)
+            copy.flush()
+            findings = findings_of(copy.name, stage["filename"], mime)
     log.info("file.typed", mime=mime, findings=findings)
 
     record = dict(

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     retry_wait_max_s: float = Field(default=120.0, ge=0)
     clamd_breaker_reset_s: float = Field(default=5.0, gt=0)
 
+    # Per-tenant policy for deep-check findings (streams.policy); built-in
+    # default (quarantine every finding) when unset.
+    policy_file: Path | None = None
+
     # Quarantine: base64 of a 32-byte AES key; generated under keys/ if unset.
     quarantine_key: SecretStr | None = None
 

@@ -32,6 +32,7 @@ export SLUICE_RETRY_BACKOFF_S=0.2
 export SLUICE_RETRY_WAIT_MAX_S=20
 export SLUICE_CLAMD_BREAKER_RESET_S=1
 export SLUICE_REQUIRE_STACK=1
+export SLUICE_POLICY_FILE="$REPO/tests/fixtures/policy.json"
 ENV
 }
 # `test.sh --env` prints these settings, to run a test stack and single
