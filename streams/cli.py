@@ -221,10 +221,26 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from streams.dlq import list_dead_letters, replay_dead_letters
 
     settings = get_settings()
+    if args.action == "show":
+        from streams.dlq import describe
+
+        wanted = set(args.ids)
+        shown = [
+            describe(d) for d in list_dead_letters(settings) if d["event_id"] in wanted
+        ]
+        if not shown:
+            err.print("[red]no such dead letter")
+            return 1
+        print(json.dumps(shown, indent=2, default=str))
+        return 0
     if args.action == "list":
         letters = list_dead_letters(settings)
         if args.json:
-            print(json.dumps(letters, indent=2, default=str))
+            summary = [
+                {k: v for k, v in d.items() if k not in ("key", "value")}
+                for d in letters
+            ]
+            print(json.dumps(summary, indent=2, default=str))
             return 0
         table = Table(
             "id", "category", "agent", "upload", "attempts", "replayed", "error"
@@ -355,9 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query.set_defaults(func=cmd_query)
 
-    dlq = sub.add_parser("dlq", help="list or replay dead letters")
-    dlq.add_argument("action", choices=["list", "replay"])
-    dlq.add_argument("ids", nargs="*", help="dead letters to replay (default: all)")
+    dlq = sub.add_parser("dlq", help="list, show or replay dead letters")
+    dlq.add_argument("action", choices=["list", "show", "replay"])
+    dlq.add_argument(
+        "ids", nargs="*", help="dead letters to show or replay (replay: default all)"
+    )
     dlq.add_argument("--category", help="only this category, e.g. SCAN_UNAVAILABLE")
     dlq.add_argument("--actor", default="operator", help="who replays, for audit")
     dlq.add_argument("--json", action="store_true")

@@ -14,7 +14,19 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from streams import codec, topics
 from streams.config import Settings
+from streams.errors import DecodeError
 from streams.events import REPLAY_OF, deterministic_id, new_id, now_ms
+
+# The record each topic's messages hold, by the topic's last name segment.
+SCHEMA_OF_TOPIC = {
+    "chunks": "Chunk",
+    "assembled": "FileStage",
+    "scanned": "FileStage",
+    "typed": "FileStage",
+    "deduplicated": "FileStage",
+    "results": "FileResult",
+    "audit": "AuditEvent",
+}
 
 
 def _read_all(settings: Settings, topic: str) -> list[Any]:
@@ -75,6 +87,26 @@ def list_dead_letters(settings: Settings) -> list[dict[str, Any]]:
     # The same failure restated after a crash shares its event id: keep one.
     unique = {letter["event_id"]: letter for letter in letters}
     return list(unique.values())
+
+
+def describe(letter: dict[str, Any]) -> dict[str, Any]:
+    """A dead letter for people: its message decoded where possible, no bytes."""
+    shown = {k: v for k, v in letter.items() if k not in ("key", "value")}
+    shown["key"] = letter["key"].decode("utf-8", "replace") if letter["key"] else None
+    shown["value_bytes"] = len(letter["value"])
+    schema = SCHEMA_OF_TOPIC.get(letter["source_topic"].rpartition(".")[2])
+    try:
+        if schema is None:
+            raise DecodeError("no schema for this topic")
+        record = codec.decode(schema, letter["value"])
+    except DecodeError as exc:
+        shown["message"] = f"undecodable: {exc}"
+    else:
+        shown["message"] = {
+            k: (f"<{len(v)} bytes>" if isinstance(v, bytes) else v)
+            for k, v in record.items()
+        }
+    return shown
 
 
 def replay_dead_letters(
