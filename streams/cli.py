@@ -326,6 +326,21 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_staging(args: argparse.Namespace) -> int:
+    from agents.cleanup import sweep
+    from streams.storage import ObjectStore
+
+    settings = get_settings()
+    older_than = (
+        settings.upload_expiry_s if args.older_than is None else args.older_than
+    )
+    expired = sweep(ObjectStore(settings.storage_root), older_than)
+    for item in expired:
+        out.print(f"expired {item.tenant}/{item.upload_id} (idle {item.idle_s:.0f}s)")
+    out.print(f"{len(expired)} abandoned upload(s) removed from staging")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__.split("\n")[0])
     parser.add_argument("--token", help="bearer token (default: $SLUICE_TOKEN)")
@@ -388,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     quarantined.add_argument("--actor", default="operator", help="who, for audit")
     quarantined.add_argument("--json", action="store_true")
     quarantined.set_defaults(func=cmd_quarantine)
+
+    staging = sub.add_parser("staging", help="remove abandoned uploads' staging")
+    staging.add_argument("action", choices=["sweep"])
+    staging.add_argument(
+        "--older-than", type=float, help="idle seconds (default: upload expiry)"
+    )
+    staging.set_defaults(func=cmd_staging)
     return parser
 
 

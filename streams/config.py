@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     # dead-lettered, and how long a breaker stays open before a trial.
     retry_wait_max_s: float = Field(default=120.0, ge=0)
     clamd_breaker_reset_s: float = Field(default=5.0, gt=0)
+    # Abandoned uploads: staging idle this long is removed (keep equal to
+    # the gateway's upload expiry), checked this often by the leader.
+    upload_expiry_s: float = Field(default=24 * 3600.0, gt=0)
+    cleanup_interval_s: float = Field(default=300.0, gt=0)
 
     # Per-tenant policy for deep-check findings (streams.policy); built-in
     # default (quarantine every finding) when unset.

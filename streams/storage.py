@@ -56,6 +56,14 @@ def routed_key(tenant: str, upload_id: str) -> str:
     return f"routed/{tenant}/{upload_id}"
 
 
+def _modified(entry: dict[str, Any]) -> float:
+    """Modification time of an fsspec listing entry (local or S3)."""
+    if "mtime" in entry:
+        return float(entry["mtime"])
+    last = entry.get("LastModified")
+    return float(last.timestamp()) if last is not None else 0.0
+
+
 @dataclass(frozen=True)
 class Digest:
     size: int
@@ -105,6 +113,17 @@ class ObjectStore:
         except OSError as exc:
             raise StorageUnavailable(f"cannot list {prefix}: {exc}") from exc
         return {e["name"].rsplit("/", 1)[-1]: int(e["size"]) for e in entries}
+
+    def newest_change(self, prefix: str) -> float | None:
+        """Epoch seconds of the latest write under prefix (None: nothing there)."""
+        try:
+            found = self._fs.find(self.path(prefix), detail=True)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot list {prefix}: {exc}") from exc
+        times = [_modified(entry) for entry in found.values()]
+        return max(times) if times else None
 
     def read_blocks(self, key: str, block: int = COPY_BLOCK) -> Iterator[bytes]:
         """Stream an object in bounded blocks."""

@@ -7,13 +7,13 @@ import sys
 import faust
 from prometheus_client import start_http_server
 
-from agents import assemble, dedupe, route, scan, typecheck
+from agents import assemble, cleanup, dedupe, route, scan, typecheck
 from streams import logs
 from streams.app import get_app
 from streams.config import get_settings
 from streams.pipeline import Sender
 
-AGENTS = (assemble, scan, typecheck, dedupe, route)
+AGENTS = (assemble, scan, typecheck, dedupe, route, cleanup)
 
 
 def build() -> faust.App:
