@@ -37,5 +37,10 @@ typecheck: bootstrap
 test: bootstrap
 	@ops/scripts/test.sh
 
+# Benchmarks print figures (they assert nothing); they run a stack of their
+# own under .sluice-bench on ports from 25000.
+bench: bootstrap
+	@$(PY) -m ops.bench
+
 clean: down
 	rm -rf $(SLUICE_HOME)

@@ -1,19 +1,34 @@
 """Dedupe agent: the first upload of each (tenant, sha256) owns the bytes.
 
-A Faust table, changelogged in the same transaction as the agent's output,
-maps tenant:sha256 to the first clean upload with that content. Later uploads
-of the same bytes are marked ``duplicate_of`` it; since clean content is
-stored under a content-addressed key, the bytes exist once per tenant.
-Replaying the first upload finds itself in the table and stays the owner.
+Clean content is stored under a content-addressed key, so the bytes exist
+once per tenant. This agent keeps the ledger of who references them, in two
+Faust tables changelogged to Kafka:
+
+- ``dedupe-content``: tenant:sha256 -> {"owner": first upload, "refs": n},
+- ``dedupe-claims``: upload id -> tenant:sha256, one entry per upload, which
+  makes counting idempotent: a replayed upload finds its claim and counts
+  nothing twice.
+
+Later uploads of the same bytes are marked ``duplicate_of`` the owner.
+Reference counts are what a deletion of content must consult (the bytes go
+when the last reference does). An LRU cache of content entries sits in front
+of the table, so a hot digest costs no store lookup; it is dropped whenever
+partitions are revoked, since another worker may change those entries.
+
+Input is keyed by tenant:sha256, so every entry a table holds is read and
+written on the partition that owns the digest.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import faust
+from cachetools import LRUCache
 
+from agents.route import verdict_of
 from streams import codec, topics
 from streams.config import Settings
 from streams.events import now_ms
@@ -24,8 +39,8 @@ log = get_logger(__name__)
 
 
 def is_storable(stage: dict[str, Any]) -> bool:
-    scan = stage.get("scan") or {}
-    return scan.get("status") == "CLEAN" and not stage["findings"]
+    """Only content that will be stored as clean is deduplicated."""
+    return verdict_of(stage)[0] == "CLEAN"
 
 
 def decide(stage: dict[str, Any], first_owner: str | None) -> dict[str, Any]:
@@ -41,29 +56,81 @@ def decide(stage: dict[str, Any], first_owner: str | None) -> dict[str, Any]:
     )
 
 
+class Ledger:
+    """Owners and reference counts of content, with an LRU cache in front."""
+
+    def __init__(self, content: Any, claims: Any, cache_size: int) -> None:
+        self._content = content
+        self._claims = claims
+        self._cache: LRUCache[str, dict[str, Any]] = LRUCache(maxsize=cache_size)
+
+    def forget_cache(self) -> None:
+        self._cache.clear()
+
+    def entry(self, key: str) -> dict[str, Any] | None:
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        raw = self._content.get(key)
+        if raw is None:
+            return None
+        entry: dict[str, Any] = json.loads(raw)
+        self._cache[key] = entry
+        return entry
+
+    def claim(self, key: str, upload_id: str) -> str:
+        """Record upload_id as a reference to key (once); return the owner."""
+        entry = self.entry(key)
+        if self._claims.get(upload_id) == key and entry is not None:
+            return str(entry["owner"])  # a replay: already counted
+        if entry is None:
+            entry = {"owner": upload_id, "refs": 1}
+        else:
+            entry = dict(entry, refs=int(entry["refs"]) + 1)
+        self._content[key] = json.dumps(entry)
+        self._claims[upload_id] = key
+        self._cache[key] = entry
+        return str(entry["owner"])
+
+
 def register(app: faust.App, sender: Sender, settings: Settings) -> None:
     from streams.app import raw_topic
 
-    owners = app.Table(
-        "dedupe-owners",
-        default=None,
-        key_type=str,
-        value_type=str,
-        partitions=settings.topic_partitions,
+    def table(name: str) -> Any:
+        return app.Table(
+            name,
+            default=None,
+            key_type=str,
+            value_type=str,
+            partitions=settings.topic_partitions,
+        )
+
+    ledger = Ledger(
+        table("dedupe-content"), table("dedupe-claims"), settings.dedupe_cache_size
     )
 
-    @app.agent(raw_topic(app, topics.TYPED), name="dedupe")
+    async def _revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        ledger.forget_cache()
+
+    app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
+
     async def dedupe(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            # The table is read and written here on the event loop (Faust
+            # Tables are read and written here on the event loop (Faust
             # tables are not thread-safe); the step only applies the decision.
-            owner = _claim(owners, event)
+            owner = _claim(ledger, event)
             step = Step(
                 agent="dedupe",
                 input_schema="FileStage",
                 handler=functools.partial(_apply, owner),
             )
             await process(step, event, sender, settings)
+
+    # Both lanes share one ledger: their topics are co-partitioned, so a
+    # digest's partition number (and its table entries) is the same in each.
+    for lane in topics.LANES:
+        source = raw_topic(app, topics.for_lane(topics.TYPED, lane))
+        app.agent(source, name=f"dedupe-{lane}")(dedupe)
 
 
 def _apply(
@@ -74,17 +141,12 @@ def _apply(
     return [Output(topics.DEDUPLICATED, key, "FileStage", record)]
 
 
-def _claim(owners: Any, event: faust.EventT) -> str | None:
-    """The owner of the event's content, claiming it when it has none yet."""
+def _claim(ledger: Ledger, event: faust.EventT) -> str | None:
+    """The owner of the event's content, claiming a reference to it."""
     try:
         stage = codec.decode("FileStage", event.value)
     except Exception:  # undecodable: process() dead-letters it
         return None
     if not is_storable(stage):
         return None
-    table_key = f"{stage['tenant']}:{stage['sha256']}"
-    owner: str | None = owners.get(table_key)
-    if owner is None:
-        owners[table_key] = stage["upload_id"]
-        owner = stage["upload_id"]
-    return owner
+    return ledger.claim(f"{stage['tenant']}:{stage['sha256']}", stage["upload_id"])

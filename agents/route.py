@@ -37,6 +37,7 @@ from streams.logs import get_logger
 from streams.names import safe_table_name
 from streams.pipeline import Output, Sender, Step, process
 from streams.policy import action_for
+from streams.routing import route_for
 
 log = get_logger(__name__)
 
@@ -130,12 +131,14 @@ def build_result(stage: dict[str, Any]) -> dict[str, Any]:
     """The terminal FileResult of a stage that went through every check."""
     tenant, upload_id, sha256 = stage["tenant"], stage["upload_id"], stage["sha256"]
     verdict, reason, signature = verdict_of(stage)
+    dataset = None
     if verdict == "CLEAN":
-        location = storage.content_key(tenant, sha256)
+        routed = route_for(stage, extension(stage["filename"]), dataset_of(stage))
+        location = routed.location
+        # A duplicate's rows are already in the dataset under the first copy.
+        dataset = None if stage["duplicate_of"] else routed.dataset
     else:
         location = storage.quarantine_key(tenant, upload_id)
-    # A duplicate's rows are already in the dataset under the first copy.
-    loads = verdict == "CLEAN" and not stage["duplicate_of"]
     scan = stage.get("scan") or {}
     return {
         "event_id": upload_id,
@@ -152,7 +155,7 @@ def build_result(stage: dict[str, Any]) -> dict[str, Any]:
         "findings": stage["findings"],
         "location": location,
         "duplicate_of": stage["duplicate_of"],
-        "dataset": dataset_of(stage) if loads else None,
+        "dataset": dataset,
         "correlation_id": stage["correlation_id"],
         "completed_at": now_ms(),
     }
@@ -180,7 +183,14 @@ STEP = Step(agent="route", input_schema="FileStage", handler=handle)
 def register(app: faust.App, sender: Sender, settings: Settings) -> None:
     from streams.app import raw_topic
 
-    @app.agent(raw_topic(app, topics.DEDUPLICATED), name="route")
+    for lane in topics.LANES:
+        source = raw_topic(app, topics.for_lane(topics.DEDUPLICATED, lane))
+        app.agent(source, name=f"route-{lane}")(_consume(sender, settings))
+
+
+def _consume(sender: Sender, settings: Settings) -> Any:
     async def route(stream: faust.StreamT) -> None:
         async for event in stream.events():
             await process(STEP, event, sender, settings)
+
+    return route

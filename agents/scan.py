@@ -57,7 +57,14 @@ STEP = Step(agent="scan", input_schema="FileStage", handler=handle)
 def register(app: faust.App, sender: Sender, settings: Settings) -> None:
     from streams.app import raw_topic
 
-    @app.agent(raw_topic(app, topics.ASSEMBLED), name="scan")
+    for lane in topics.LANES:
+        source = raw_topic(app, topics.for_lane(topics.ASSEMBLED, lane))
+        app.agent(source, name=f"scan-{lane}")(_consume(sender, settings))
+
+
+def _consume(sender: Sender, settings: Settings) -> Any:
     async def scan(stream: faust.StreamT) -> None:
         async for event in stream.events():
             await process(STEP, event, sender, settings)
+
+    return scan

@@ -83,7 +83,14 @@ STEP = Step(agent="typecheck", input_schema="FileStage", handler=handle)
 def register(app: faust.App, sender: Sender, settings: Settings) -> None:
     from streams.app import raw_topic
 
-    @app.agent(raw_topic(app, topics.SCANNED), name="typecheck")
+    for lane in topics.LANES:
+        source = raw_topic(app, topics.for_lane(topics.SCANNED, lane))
+        app.agent(source, name=f"typecheck-{lane}")(_consume(sender, settings))
+
+
+def _consume(sender: Sender, settings: Settings) -> Any:
     async def typecheck(stream: faust.StreamT) -> None:
         async for event in stream.events():
             await process(STEP, event, sender, settings)
+
+    return typecheck

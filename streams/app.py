@@ -32,7 +32,7 @@ def create_app(settings: Settings) -> faust.App:
     return faust.App(
         "sluice-worker",
         broker=f"kafka://{settings.kafka_bootstrap}",
-        store="memory://",
+        store=settings.worker_store,
         processing_guarantee="at_least_once",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.replication_factor,

@@ -27,6 +27,7 @@ def upload_files(
     headers: dict[str, str],
     chunk_size: int,
     show_progress: bool,
+    metadata: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Upload each file; return one record per path with its upload id."""
     client = tus_client.TusClient(f"{gateway_url}/files", headers=headers)
@@ -45,7 +46,7 @@ def upload_files(
                 uploader = client.uploader(
                     str(path),
                     chunk_size=chunk_size,
-                    metadata={"filename": path.name},
+                    metadata={**(metadata or {}), "filename": path.name},
                     retries=3,
                     retry_delay=1,
                     upload_checksum=True,

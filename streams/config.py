@@ -72,6 +72,13 @@ class Settings(BaseSettings):
 
     # Worker
     worker_name: str = "worker-1"  # one per worker process on a host
+    # Faust table store: memory:// rebuilds tables from their changelog at
+    # start-up; rocksdb:// (rocksdict) keeps them on disk under the worker's
+    # data directory.
+    worker_store: str = "memory://"
+    dedupe_cache_size: int = Field(default=100_000, ge=1)
+    # Files this large (or with metadata priority=bulk) take the bulk lane.
+    bulk_threshold_bytes: int = Field(default=64 * 1024**2, ge=1)
     worker_web_port: int = 6066
     worker_metrics_port: int = 9101
     warehouse_metrics_port: int = 9102
@@ -89,6 +96,8 @@ class Settings(BaseSettings):
     # Per-tenant policy for deep-check findings (streams.policy); built-in
     # default (quarantine every finding) when unset.
     policy_file: Path | None = None
+    # Routing rules for clean files (streams.routing); defaults when unset.
+    routes_file: Path | None = None
 
     # Quarantine: base64 of a 32-byte AES key; generated under keys/ if unset.
     quarantine_key: SecretStr | None = None

@@ -22,6 +22,7 @@ from streams import codec, topics
 from streams.config import Settings
 from streams.errors import DecodeError, DependencyPaused, SluiceError
 from streams.events import CORRELATION_ID, TENANT, UPLOAD_ID, headers_to_dict, now_ms
+from streams.lanes import lane_of
 from streams.logs import bound, get_logger
 
 log = get_logger(__name__)
@@ -104,8 +105,11 @@ async def process(
                 out_headers[TENANT] = output.record.get("tenant", context["tenant"])
                 if "upload_id" in output.record:
                     out_headers[UPLOAD_ID] = output.record["upload_id"]
+                topic = output.topic
+                if topic in topics.LANED:
+                    topic = topics.for_lane(topic, lane_of(output.record, settings))
                 await sender.send(
-                    output.topic,
+                    topic,
                     output.key,
                     codec.encode(output.schema, output.record),
                     out_headers,

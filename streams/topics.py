@@ -34,6 +34,21 @@ AUDIT = "audit"
 DEAD_LETTER = "deadletter"
 DLQ_REPLAYS = "deadletter.replays"
 
+# Stage topics come in two lanes, so a bulk file (large, or marked
+# priority=bulk) never waits in front of small interactive ones: each lane
+# has its own topic and its own agents. The interactive lane keeps the bare
+# name; the bulk lane adds ".bulk".
+LANES = ("interactive", "bulk")
+LANED = (ASSEMBLED, SCANNED, TYPED, DEDUPLICATED)
+
+
+def for_lane(name: str, lane: str) -> str:
+    """The topic short name of a stage topic in one lane."""
+    if name not in LANED or lane not in LANES:
+        raise ValueError(f"{name!r} has no lane {lane!r}")
+    return name if lane == "interactive" else f"{name}.bulk"
+
+
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         CHUNKS,
@@ -49,6 +64,10 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(SCANNED, "Files scanned by clamd, keyed by upload id."),
     TopicSpec(TYPED, "Files type-checked, keyed by tenant:sha256 for dedupe."),
     TopicSpec(DEDUPLICATED, "Files after dedupe, keyed by upload id."),
+    TopicSpec(f"{ASSEMBLED}.bulk", "Bulk lane of files.assembled."),
+    TopicSpec(f"{SCANNED}.bulk", "Bulk lane of files.scanned."),
+    TopicSpec(f"{TYPED}.bulk", "Bulk lane of files.typed."),
+    TopicSpec(f"{DEDUPLICATED}.bulk", "Bulk lane of files.deduplicated."),
     TopicSpec(
         RESULTS,
         "One terminal result per upload, keyed by upload id.",

@@ -33,6 +33,8 @@ export SLUICE_RETRY_WAIT_MAX_S=20
 export SLUICE_CLAMD_BREAKER_RESET_S=1
 export SLUICE_REQUIRE_STACK=1
 export SLUICE_POLICY_FILE="$REPO/tests/fixtures/policy.json"
+export SLUICE_ROUTES_FILE="$REPO/tests/fixtures/routes.json"
+export SLUICE_BULK_THRESHOLD_BYTES=1048576
 ENV
 }
 # `test.sh --env` prints these settings, to run a test stack and single

@@ -35,7 +35,9 @@ log = get_logger(__name__)
 ROWS = Counter("sluice_warehouse_rows_total", "Rows written", ["table"])
 FAILURES = Counter("sluice_warehouse_failures_total", "Batches that failed", ["kind"])
 
-STAGE_TOPICS = (topics.ASSEMBLED, topics.SCANNED, topics.TYPED, topics.DEDUPLICATED)
+STAGE_TOPICS = tuple(
+    topics.for_lane(name, lane) for name in topics.LANED for lane in topics.LANES
+)
 FORMATS = {
     "csv": "CSVWithNames",
     "tsv": "TSVWithNames",
