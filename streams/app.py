@@ -21,9 +21,33 @@ from functools import lru_cache
 from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from streams import topics
 from streams.config import Settings, get_settings
+
+
+def _read_committed_worker_consumer(self: Any, transport: Any) -> Any:
+    """The worker's consumer, always with isolation_level=read_committed.
+
+    Faust reads committed records only in its exactly_once mode. Without
+    this the agents would see chunk events of gateway transactions that
+    were aborted (a gateway killed mid-PATCH), bytes no client was ever
+    told were stored.
+    """
+    consumer = self.consumer
+    in_transaction = consumer.in_transaction
+    consumer.in_transaction = True  # Faust's own switch for read_committed
+    try:
+        return _faust_worker_consumer(self, transport)
+    finally:
+        consumer.in_transaction = in_transaction
+
+
+_faust_worker_consumer = aiokafka_driver.AIOKafkaConsumerThread._create_worker_consumer
+aiokafka_driver.AIOKafkaConsumerThread._create_worker_consumer = (  # type: ignore[method-assign]
+    _read_committed_worker_consumer
+)
 
 
 def create_app(settings: Settings) -> faust.App:

@@ -17,6 +17,7 @@ Uploaders are never served anything under staging/ or quarantine/.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -165,6 +166,21 @@ class ObjectStore:
         except OSError as exc:
             raise StorageUnavailable(f"cannot write {key}: {exc}") from exc
         return Digest(size=size, sha256=digest.hexdigest())
+
+    def rename(self, src: str, dst: str) -> bool:
+        """Move an object without copying it, where storage allows (local).
+
+        Returns False, changing nothing, where it cannot (object stores).
+        """
+        if not self._local:
+            return False
+        target = self.path(dst)
+        try:
+            self._fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            os.replace(self.path(src), target)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot move {src}: {exc}") from exc
+        return True
 
     def copy(self, src: str, dst: str) -> Digest:
         return self.write_stream(dst, self.read_blocks(src))
