@@ -35,7 +35,7 @@ from streams.events import deterministic_id, now_ms
 from streams.inspection import Action
 from streams.logs import get_logger
 from streams.names import safe_table_name
-from streams.pipeline import Output, Sender, Step, process
+from streams.pipeline import Output, Sender, Step, register_laned
 from streams.policy import action_for
 from streams.routing import route_for
 
@@ -185,16 +185,4 @@ STEP = Step(agent="route", input_schema="FileStage", handler=handle)
 
 
 def register(app: faust.App, sender: Sender, settings: Settings) -> None:
-    from streams.app import raw_topic
-
-    for lane in topics.LANES:
-        source = raw_topic(app, topics.for_lane(topics.DEDUPLICATED, lane))
-        app.agent(source, name=f"route-{lane}")(_consume(sender, settings))
-
-
-def _consume(sender: Sender, settings: Settings) -> Any:
-    async def route(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await process(STEP, event, sender, settings)
-
-    return route
+    register_laned(app, STEP, topics.DEDUPLICATED, sender, settings)

@@ -18,7 +18,7 @@ from streams import topics
 from streams.config import Settings, get_settings
 from streams.events import now_ms
 from streams.logs import get_logger
-from streams.pipeline import Output, Sender, Step, process
+from streams.pipeline import Output, Sender, Step, register_laned
 
 log = get_logger(__name__)
 
@@ -55,16 +55,4 @@ STEP = Step(agent="scan", input_schema="FileStage", handler=handle)
 
 
 def register(app: faust.App, sender: Sender, settings: Settings) -> None:
-    from streams.app import raw_topic
-
-    for lane in topics.LANES:
-        source = raw_topic(app, topics.for_lane(topics.ASSEMBLED, lane))
-        app.agent(source, name=f"scan-{lane}")(_consume(sender, settings))
-
-
-def _consume(sender: Sender, settings: Settings) -> Any:
-    async def scan(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await process(STEP, event, sender, settings)
-
-    return scan
+    register_laned(app, STEP, topics.ASSEMBLED, sender, settings)

@@ -26,7 +26,7 @@ from streams.config import Settings
 from streams.events import now_ms
 from streams.inspection import inspect_file
 from streams.logs import get_logger
-from streams.pipeline import Output, Sender, Step, process
+from streams.pipeline import Output, Sender, Step, register_laned
 
 log = get_logger(__name__)
 
@@ -81,16 +81,4 @@ STEP = Step(agent="typecheck", input_schema="FileStage", handler=handle)
 
 
 def register(app: faust.App, sender: Sender, settings: Settings) -> None:
-    from streams.app import raw_topic
-
-    for lane in topics.LANES:
-        source = raw_topic(app, topics.for_lane(topics.SCANNED, lane))
-        app.agent(source, name=f"typecheck-{lane}")(_consume(sender, settings))
-
-
-def _consume(sender: Sender, settings: Settings) -> Any:
-    async def typecheck(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await process(STEP, event, sender, settings)
-
-    return typecheck
+    register_laned(app, STEP, topics.SCANNED, sender, settings)

@@ -73,6 +73,10 @@ def create_app(settings: Settings) -> faust.App:
         autodiscover=False,
         consumer_auto_offset_reset="earliest",
         producer_max_request_size=1_200_000,
+        # Chunk events are up to 900 KiB: fetch many per round trip, but
+        # buffer few, so a fast fetcher cannot pile gigabytes in memory.
+        consumer_max_fetch_size=8 * 1024 * 1024,
+        stream_buffer_maxsize=64,
         stream_wait_empty=False,
     )
 

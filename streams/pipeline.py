@@ -78,6 +78,21 @@ class Sender:
         await pending
 
 
+def register_laned(
+    app: faust.App, step: Step, source: str, sender: Sender, settings: Settings
+) -> None:
+    """Run step as one agent per lane, on the lane topics of stage topic source."""
+    from streams.app import raw_topic
+
+    async def consume(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await process(step, event, sender, settings)
+
+    for lane in topics.LANES:
+        topic = raw_topic(app, topics.for_lane(source, lane))
+        app.agent(topic, name=f"{step.agent}-{lane}")(consume)
+
+
 async def process(
     step: Step,
     event: faust.EventT,

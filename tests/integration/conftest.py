@@ -12,6 +12,7 @@ import base64
 import hashlib
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -252,3 +253,18 @@ def eventually(
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout_s}s: {probe}")
         time.sleep(every_s)
+
+
+def sluice(*args: str, token: str | None = None) -> str:
+    """Run the ``sluice`` command line as an operator would; its stdout."""
+    env = dict(os.environ)
+    if token is not None:
+        env["SLUICE_TOKEN"] = token
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return done.stdout

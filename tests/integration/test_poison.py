@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 
 from confluent_kafka import Producer
@@ -16,18 +13,7 @@ from streams import codec, topics
 from streams.client import WarehouseClient
 from streams.config import Settings
 
-from .conftest import eventually
-
-
-def sluice(*args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        check=True,
-    )
-    return done.stdout
+from .conftest import eventually, sluice
 
 
 def test_poison_chunks_are_dead_lettered_and_do_not_block(

@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 
 from ops.demo.corpus import EICAR
 from streams.client import WarehouseClient
 from streams.storage import ObjectStore, content_key
 
-from .conftest import eventually
-
-
-def sluice(*args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        check=True,
-    )
-    return done.stdout
+from .conftest import eventually, sluice
 
 
 def test_quarantine_is_sealed_and_operators_release_or_delete(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -15,7 +13,7 @@ from ops.demo.corpus import EICAR
 from streams.client import WarehouseClient
 from streams.config import Settings
 
-from .conftest import eventually, stack_script
+from .conftest import eventually, sluice, stack_script
 
 
 @pytest.fixture
@@ -25,17 +23,6 @@ def clamd_stopped() -> Iterator[None]:
         yield
     finally:
         stack_script("clamd.sh", "start")
-
-
-def _sluice(token: str, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "SLUICE_TOKEN": token},
-        check=True,
-    )
-    return done.stdout
 
 
 def test_clamd_outage_fails_closed_then_replay_finishes(
@@ -55,7 +42,7 @@ def test_clamd_outage_fails_closed_then_replay_finishes(
     operator = issue(tenant, "operator")
 
     def dead_lettered() -> list[dict[str, object]]:
-        letters = json.loads(_sluice(operator, "dlq", "list", "--json"))
+        letters = json.loads(sluice("dlq", "list", "--json", token=operator))
         mine = [
             d
             for d in letters
@@ -71,7 +58,7 @@ def test_clamd_outage_fails_closed_then_replay_finishes(
     assert warehouse.results(list(uploads.values())) == {}
 
     stack_script("clamd.sh", "start")
-    _sluice(operator, "dlq", "replay", "--category", "SCAN_UNAVAILABLE")
+    sluice("dlq", "replay", "--category", "SCAN_UNAVAILABLE", token=operator)
 
     results = warehouse.wait_for_results(list(uploads.values()), timeout_s=120)
     verdicts = {name: results[uid]["verdict"] for name, uid in uploads.items()}
@@ -80,5 +67,5 @@ def test_clamd_outage_fails_closed_then_replay_finishes(
         "eicar.com": "INFECTED",
         "random.bin": "CLEAN",
     }
-    replayed = json.loads(_sluice(operator, "dlq", "list", "--json"))
+    replayed = json.loads(sluice("dlq", "list", "--json", token=operator))
     assert all(d["replayed"] for d in replayed if d["upload_id"] in uploads.values())
