@@ -31,9 +31,9 @@ from cachetools import LRUCache
 from agents.route import verdict_of
 from streams import codec, topics
 from streams.config import Settings
-from streams.events import now_ms
+from streams.events import headers_to_dict, now_ms
 from streams.logs import get_logger
-from streams.pipeline import Output, Sender, Step, process
+from streams.pipeline import Output, Sender, Step, process, tenant_matches
 
 log = get_logger(__name__)
 
@@ -147,6 +147,10 @@ def _claim(ledger: Ledger, event: faust.EventT) -> str | None:
         stage = codec.decode("FileStage", event.value)
     except Exception:  # undecodable: process() dead-letters it
         return None
-    if not is_storable(stage):
+    # A mislabelled event is dead-lettered by process(); it must not claim
+    # ownership of a tenant's content first.
+    if not is_storable(stage) or not tenant_matches(
+        headers_to_dict(event.headers), stage
+    ):
         return None
     return ledger.claim(f"{stage['tenant']}:{stage['sha256']}", stage["upload_id"])

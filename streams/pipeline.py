@@ -5,6 +5,12 @@ a worker thread (storage and clamd calls block). This module wraps it with
 bounded retries for retriable errors, sends its outputs with the correlation
 id carried forward, and turns any final failure into a dead letter so a
 poison message never blocks its partition.
+
+Every event names its tenant twice, in the ``tenant`` header and in the
+record. Before any agent sees an event the two must agree; an event whose
+header and record disagree (or lack a tenant) is dead-lettered as
+``VALIDATION`` without being handled, so a mislabelled event can never move
+bytes or rows from one tenant's space into another's.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from prometheus_client import Counter, Histogram
 
 from streams import codec, topics
 from streams.config import Settings
-from streams.errors import DecodeError, DependencyPaused, SluiceError
+from streams.errors import DecodeError, DependencyPaused, IntegrityError, SluiceError
 from streams.events import CORRELATION_ID, TENANT, UPLOAD_ID, headers_to_dict, now_ms
 from streams.lanes import lane_of
 from streams.logs import bound, get_logger
@@ -167,6 +173,18 @@ async def process(
         return outcome
 
 
+def tenant_matches(headers: Mapping[str, str], record: Mapping[str, Any]) -> bool:
+    """Whether an event's ``tenant`` header names its record's tenant."""
+    tenant = record.get("tenant")
+    return isinstance(tenant, str) and bool(tenant) and headers.get(TENANT) == tenant
+
+
+def check_tenant(headers: Mapping[str, str], record: Mapping[str, Any]) -> None:
+    """Raise IntegrityError (VALIDATION) unless header and record tenant agree."""
+    if not tenant_matches(headers, record):
+        raise IntegrityError("the tenant header does not match the record's tenant")
+
+
 async def _attempt(
     step: Step,
     value: Any,
@@ -177,7 +195,8 @@ async def _attempt(
         if not isinstance(value, bytes):
             raise DecodeError("message value is not bytes")
         record = codec.decode(step.input_schema, value)
-    except DecodeError as exc:
+        check_tenant(headers, record)
+    except (DecodeError, IntegrityError) as exc:
         return "dead-letter", [], exc, 1
 
     attempts = 0
