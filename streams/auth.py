@@ -61,12 +61,14 @@ if TYPE_CHECKING:
     from streams.config import Settings
 
 __all__ = [
+    "PLATFORM_TENANT",
     "ROLES",
     "AuthenticationError",
     "DevKeys",
     "Principal",
     "RemoteJwks",
     "TokenVerifier",
+    "check_audit_tenants",
     "check_roles",
     "check_tenant",
     "jwk_thumbprint",
@@ -75,6 +77,11 @@ __all__ = [
 
 ROLES: Final = frozenset({"uploader", "reader", "operator", "auditor", "admin"})
 
+# The audit tenant of events no tenant owns (authentication failures, topic
+# changes, dead letters without a tenant). The leading underscore keeps it
+# outside the tenant slug syntax, so no token can ever name it as its tenant.
+PLATFORM_TENANT: Final = "_platform"
+
 SIGNING_KEY_FILE: Final = "signing-key.pem"
 JWKS_FILE: Final = "jwks.json"
 DEV_ALGORITHM: Final = "EdDSA"
@@ -82,6 +89,12 @@ DEV_ALGORITHM: Final = "EdDSA"
 # A tenant id becomes part of storage paths and topic keys, so it is kept to
 # a conservative slug. fullmatch, because "$" would accept a trailing "\n".
 _TENANT_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+# Dataset tables are named "<tenant>__<dataset>": a tenant holding "__"
+# could own a name that also reads as another tenant's table.
+_TENANT_SEPARATOR: Final = "__"
+
+# An auditor may be assigned many tenants, but not an unbounded list.
+MAX_AUDIT_TENANTS: Final = 256
 _TOKEN68_RE: Final = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 
 # Bounds the work done on unauthenticated input; real tokens are < 2 KiB.
@@ -158,11 +171,17 @@ class AuthenticationError(Exception):
 
 @dataclass(frozen=True)
 class Principal:
-    """The verified identity behind a request."""
+    """The verified identity behind a request.
+
+    ``audit_tenants`` is the token's ``audit_tenants`` claim: the tenants an
+    auditor is assigned. ``None`` means the claim was absent, and an auditor
+    then audits its own tenant only (see :mod:`streams.permissions`).
+    """
 
     subject: str
     tenant: str
     roles: frozenset[str]
+    audit_tenants: frozenset[str] | None = None
 
 
 def parse_bearer(header_value: str | None) -> str:
@@ -200,9 +219,29 @@ def _b64url(data: bytes) -> str:
 
 def check_tenant(tenant: object) -> str:
     """Return ``tenant`` if it is a valid tenant slug, else raise ValueError."""
-    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
-        raise ValueError("tenant must match [a-z0-9][a-z0-9_-]{0,62}")
+    if (
+        not isinstance(tenant, str)
+        or not _TENANT_RE.fullmatch(tenant)
+        or _TENANT_SEPARATOR in tenant
+    ):
+        raise ValueError('tenant must match [a-z0-9][a-z0-9_-]{0,62}, without "__"')
     return tenant
+
+
+def check_audit_tenants(tenants: object) -> frozenset[str]:
+    """Return an ``audit_tenants`` claim as a set, else raise ValueError.
+
+    Each entry is a tenant slug or :data:`PLATFORM_TENANT`; an empty list is
+    valid and assigns nothing.
+    """
+    if not isinstance(tenants, list | tuple | set | frozenset):
+        raise ValueError("audit_tenants must be a list")
+    if len(tenants) > MAX_AUDIT_TENANTS:
+        raise ValueError(f"audit_tenants holds more than {MAX_AUDIT_TENANTS} tenants")
+    for tenant in tenants:
+        if tenant != PLATFORM_TENANT:
+            check_tenant(tenant)
+    return frozenset(tenants)
 
 
 def check_roles(roles: object) -> frozenset[str]:
@@ -271,6 +310,7 @@ class DevKeys:
         *,
         issuer: str,
         audience: str,
+        audit_tenants: Iterable[str] | None = None,
         now: float | None = None,
     ) -> str:
         """Sign a token for ``tenant`` with ``roles``, valid for ``ttl_s``."""
@@ -281,7 +321,7 @@ class DevKeys:
         role_set = check_roles(list(roles))
         issued_at = int(time.time() if now is None else now)
 
-        claims = {
+        claims: dict[str, Any] = {
             "iss": issuer,
             "aud": audience,
             "sub": subject,
@@ -292,6 +332,8 @@ class DevKeys:
             "tenant": check_tenant(tenant),
             "roles": sorted(role_set),
         }
+        if audit_tenants is not None:
+            claims["audit_tenants"] = sorted(check_audit_tenants(list(audit_tenants)))
         return jwt.encode(
             claims, self.private_key, algorithm=DEV_ALGORITHM, headers={"kid": self.kid}
         )
@@ -629,9 +671,14 @@ def _principal(claims: Mapping[str, Any]) -> Principal:
     try:
         tenant = check_tenant(claims.get("tenant"))
         roles = check_roles(claims.get("roles"))
+        audit_tenants = None
+        if "audit_tenants" in claims:
+            audit_tenants = check_audit_tenants(claims["audit_tenants"])
     except ValueError as exc:
         raise AuthenticationError("invalid-claims", str(exc)) from exc
-    return Principal(subject=subject, tenant=tenant, roles=roles)
+    return Principal(
+        subject=subject, tenant=tenant, roles=roles, audit_tenants=audit_tenants
+    )
 
 
 def _index_jwks(

@@ -13,10 +13,17 @@ another process takes effect on the next request.
 :func:`authenticate` is the HTTP layer's entry point: it takes the
 ``Authorization`` header value and accepts either a JWT or a service key.
 
+Keys carry only the roles of producer services
+(:data:`streams.permissions.SERVICE_KEY_ROLES`: uploader, reader, auditor);
+operator and admin are for people, through the identity provider.
+
 Limits: the store is a local file, so several gateway hosts need a shared
 or replicated ``SLUICE_HOME/keys``; the first verification of each key in a
 process costs one scrypt (about 0.1 s on a small host), later ones are
-cached in memory.
+cached in memory. After five wrong secrets for one key id within a minute,
+that id's uncached attempts are refused without scrypt for the rest of the
+minute, so a known key id cannot be used to burn CPU; a holder whose key is
+already cached in the process is not affected.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from streams.auth import (
     check_tenant,
     parse_bearer,
 )
+from streams.permissions import SERVICE_KEY_ROLES
 
 if TYPE_CHECKING:
     from streams.config import Settings
@@ -82,6 +90,10 @@ _HASH_BYTES: Final = 32
 # Verified secrets per key id, as SHA-256, so only a key's first request in
 # a process pays for scrypt. Bounded so made-up key ids cannot grow it.
 _CACHE_LIMIT: Final = 4096
+
+# Wrong secrets tolerated per key id and window before scrypt is skipped.
+_FAILURE_LIMIT: Final = 5
+_FAILURE_WINDOW_S: Final = 60.0
 
 
 class UnknownServiceKey(LookupError):
@@ -133,6 +145,7 @@ class ServiceKeyStore:
         self._records: dict[str, _Record] = {}
         self._signature: tuple[int, ...] | None = None
         self._verified: dict[str, bytes] = {}
+        self._failures: dict[str, tuple[int, float]] = {}  # count, window start
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceKeyStore:
@@ -152,6 +165,10 @@ class ServiceKeyStore:
             raise ValueError("ttl_s must be positive")
         tenant = check_tenant(tenant)
         role_set = check_roles(list(roles))
+        if not role_set <= SERVICE_KEY_ROLES:
+            raise ValueError(
+                f"roles of a service key must be among {sorted(SERVICE_KEY_ROLES)}"
+            )
         description = _check_description(description)
 
         with self._locked() as records:
@@ -253,6 +270,8 @@ class ServiceKeyStore:
         cached = self._verified.get(key_id)
         if cached is not None and hmac.compare_digest(cached, fast):
             return True
+        if self._throttled(key_id):
+            return False
 
         try:
             expected = base64.b64decode(record.hash["hash"], validate=True)
@@ -260,12 +279,26 @@ class ServiceKeyStore:
         except (KeyError, TypeError, ValueError):
             return False  # a damaged record verifies nothing
         if not hmac.compare_digest(derived, expected):
+            self._count_failure(key_id)
             return False
 
         if len(self._verified) >= _CACHE_LIMIT:
             self._verified.clear()
         self._verified[key_id] = fast
         return True
+
+    def _throttled(self, key_id: str) -> bool:
+        count, since = self._failures.get(key_id, (0, 0.0))
+        return count >= _FAILURE_LIMIT and self._clock() - since < _FAILURE_WINDOW_S
+
+    def _count_failure(self, key_id: str) -> None:
+        now = self._clock()
+        count, since = self._failures.get(key_id, (0, now))
+        if now - since >= _FAILURE_WINDOW_S:
+            count, since = 0, now
+        if len(self._failures) >= _CACHE_LIMIT:
+            self._failures.clear()
+        self._failures[key_id] = (count + 1, since)
 
     def _issue(
         self,

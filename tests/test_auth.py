@@ -98,6 +98,43 @@ def test_issue_and_verify_roundtrip(keys: DevKeys, verifier: TokenVerifier) -> N
     )
 
 
+@pytest.mark.parametrize(
+    ("claim", "expected"),
+    [
+        (["rival", "_platform"], frozenset({"rival", "_platform"})),
+        ([], frozenset()),
+    ],
+)
+def test_audit_tenants_claim_is_read(
+    keys: DevKeys, verifier: TokenVerifier, claim: list[str], expected: frozenset[str]
+) -> None:
+    token = sign(keys, make_claims(roles=["auditor"], audit_tenants=claim))
+
+    assert verifier.verify(token).audit_tenants == expected
+
+
+def test_a_token_without_audit_tenants_assigns_none(
+    keys: DevKeys, verifier: TokenVerifier
+) -> None:
+    assert verifier.verify(sign(keys, make_claims())).audit_tenants is None
+
+
+def test_dev_tokens_carry_audit_tenants(keys: DevKeys, verifier: TokenVerifier) -> None:
+    token = keys.issue(
+        "acme",
+        ["auditor"],
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        audit_tenants=["rival", "acme"],
+    )
+
+    assert verifier.verify(token).audit_tenants == {"rival", "acme"}
+    with pytest.raises(ValueError, match="tenant"):
+        keys.issue(
+            "acme", ["auditor"], issuer=ISSUER, audience=AUDIENCE, audit_tenants=["X"]
+        )
+
+
 def test_every_role_is_accepted(keys: DevKeys, verifier: TokenVerifier) -> None:
     token = keys.issue("t1", ROLES, issuer=ISSUER, audience=AUDIENCE)
 
@@ -215,6 +252,12 @@ def test_key_type_mismatch_is_refused(keys: DevKeys, verifier: TokenVerifier) ->
         ({"tenant": "Acme"}, "invalid-claims"),
         ({"tenant": "acme\n"}, "invalid-claims"),
         ({"tenant": "../acme"}, "invalid-claims"),
+        ({"tenant": "acme__sales"}, "invalid-claims"),  # reads as a dataset table
+        ({"tenant": "_platform"}, "invalid-claims"),  # the platform's audit tenant
+        ({"audit_tenants": "acme"}, "invalid-claims"),
+        ({"audit_tenants": ["Acme"]}, "invalid-claims"),
+        ({"audit_tenants": [7]}, "invalid-claims"),
+        ({"audit_tenants": ["t"] * 257}, "invalid-claims"),
         ({"roles": ["uploader", "superuser"]}, "invalid-claims"),
         ({"roles": "admin"}, "invalid-claims"),
         ({"roles": []}, "invalid-claims"),

@@ -6,9 +6,11 @@ import json
 import re
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from streams import service_keys
 from streams.auth import AuthenticationError, DevKeys, Principal, TokenVerifier
 from streams.config import Settings
 from streams.service_keys import (
@@ -99,6 +101,33 @@ def test_wrong_secret_is_refused_after_a_cached_success(
     flipped = issued.api_key[:-1] + ("A" if issued.api_key[-1] != "A" else "B")
 
     assert_refused(store, flipped, "invalid-key")
+
+
+def test_repeated_wrong_secrets_stop_costing_scrypt(
+    store: ServiceKeyStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = store.create("acme", ["uploader"])
+    store.verify(issued.api_key)  # cached, like a live producer's key
+    other = store.create("acme", ["uploader"])
+    forged = f"sk_{issued.key.key_id}_{secret_of(other.api_key)}"
+    derivations = []
+    real_derive = service_keys._derive
+
+    def counting_derive(secret: str, params: Any) -> bytes:
+        derivations.append(secret)
+        return real_derive(secret, params)
+
+    monkeypatch.setattr(service_keys, "_derive", counting_derive)
+    for _ in range(8):
+        assert_refused(store, forged, "invalid-key")
+
+    assert len(derivations) == 5
+    # The holder of the real key is not locked out.
+    assert store.verify(issued.api_key).tenant == "acme"
+    # After the window, attempts are checked again.
+    clock.advance(61)
+    assert_refused(store, forged, "invalid-key")
+    assert len(derivations) == 6
 
 
 def test_unknown_key_id_looks_like_a_wrong_secret(store: ServiceKeyStore) -> None:
@@ -255,7 +284,7 @@ def test_list_filters_by_tenant_oldest_first(
     clock.advance(1)
     store.create("globex", ["reader"])
     clock.advance(1)
-    third = store.create("acme", ["admin"])
+    third = store.create("acme", ["auditor"])
 
     assert [k.key_id for k in store.list("acme")] == [
         first.key.key_id,
@@ -272,6 +301,9 @@ def test_list_filters_by_tenant_oldest_first(
         ("../acme", ["uploader"], 60, "", "tenant"),
         ("acme", [], 60, "", "roles"),
         ("acme", ["root"], 60, "", "roles"),
+        ("acme", ["operator"], 60, "", "roles"),  # people's roles, not services'
+        ("acme", ["uploader", "admin"], 60, "", "roles"),
+        ("acme__x", ["uploader"], 60, "", "tenant"),
         ("acme", ["uploader"], 0, "", "ttl_s"),
         ("acme", ["uploader"], 60, "line\nbreak", "description"),
         ("acme", ["uploader"], 60, "x" * 201, "description"),
