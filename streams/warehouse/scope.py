@@ -1,29 +1,93 @@
-"""Scoping a caller's SQL to the tenants they may read.
+"""Scoping a caller's SQL to the tables and tenants their roles may read.
 
 chdb runs as one user, so ClickHouse row policies cannot tell callers
 apart. Instead every query a caller sends is checked and wrapped here:
 
 1. ClickHouse's own parser (``EXPLAIN AST``) lists what the query reads.
-   Only the platform's registry tables and views, and the caller's own
-   dataset tables, may appear; table functions (``file()``, ``url()``,
-   ``remote()`` and friends) and every other database are refused.
+   Each table must be granted to the caller by the permission matrix
+   (:data:`TABLE_ACTIONS`): ``file_results``, ``file_stages`` and the
+   ``uploads`` view need ``results.read``; ``audit_log`` needs
+   ``audit.read``; ``dead_letters`` needs ``deadletters.read``; a dataset
+   table ``datasets.<tenant>__<name>`` needs ``datasets.read`` and the
+   caller's own tenant. Table functions (``file()``, ``url()``,
+   ``remote()`` and friends), every other database and every table no
+   action names are refused.
 2. The query runs as ``SELECT * FROM (<query>)`` with ``readonly=1`` and
-   ``additional_table_filters`` restricting each registry table to the
-   caller's tenants. Filters apply through views and subqueries, and
-   ``readonly=1`` stops the query from changing them back.
+   ``additional_table_filters`` restricting each registry table to the rows
+   of the tenants its action reaches (none at all for a table not granted).
+   Filters apply through views and subqueries, and ``readonly=1`` stops the
+   query from changing them back.
 
-A refusal is an :class:`~streams.errors.InvalidRequest` naming what was
-refused; it never says whether another tenant's table exists.
+A table the caller's roles do not cover is a
+:class:`~streams.permissions.PermissionDenied` (403): it depends on the
+roles alone. Any other refusal is an :class:`~streams.errors.InvalidRequest`
+(400) naming what was refused; it never says whether another tenant's
+table exists.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
 
+from streams.auth import Principal
 from streams.errors import InvalidRequest
+from streams.permissions import Action, PermissionDenied, allows, tenants_of
 from streams.warehouse.backend import Backend, quote
 from streams.warehouse.schema import DATABASE, DATASETS, TENANT_TABLES
+
+# The action that grants each registry table or view of DATABASE. A table
+# missing here cannot be read by anyone: new tables are closed until named.
+TABLE_ACTIONS: Final[Mapping[str, Action]] = MappingProxyType(
+    {
+        "file_results": Action.RESULTS_READ,
+        "file_stages": Action.RESULTS_READ,
+        "uploads": Action.RESULTS_READ,
+        "audit_log": Action.AUDIT_READ,
+        "dead_letters": Action.DEADLETTERS_READ,
+    }
+)
+
+# The actions that let a caller use the query endpoint at all.
+QUERY_ACTIONS: Final = (
+    Action.RESULTS_READ,
+    Action.DATASETS_READ,
+    Action.AUDIT_READ,
+    Action.DEADLETTERS_READ,
+)
+
+# A dataset name starts with a letter (streams.names.safe_table_name), and
+# tenants hold no "__", so "<tenant>__<letter>..." names one tenant only.
+_DATASET_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Grants:
+    """What one caller may read.
+
+    ``tables`` maps each readable registry table to the tenants whose rows
+    it shows (``None``: every row); ``dataset_tenants`` are the tenants
+    whose dataset tables are readable.
+    """
+
+    tables: Mapping[str, frozenset[str] | None]
+    dataset_tenants: frozenset[str]
+
+
+def grants_for(principal: Principal) -> Grants:
+    """The tables and tenants the matrix lets ``principal`` read."""
+    tables: dict[str, frozenset[str] | None] = {}
+    for table, action in TABLE_ACTIONS.items():
+        if allows(principal, action):
+            tables[table] = tenants_of(principal, action)
+    return Grants(
+        tables=MappingProxyType(tables),
+        dataset_tenants=tenants_of(principal, Action.DATASETS_READ) or frozenset(),
+    )
+
 
 _TABLE = re.compile(r"^\s*TableIdentifier (\S+)")
 _TABLE_EXPRESSION = re.compile(r"^(\s*)TableExpression\b")
@@ -62,36 +126,68 @@ def dataset_prefix(tenant: str) -> str:
     return f"{tenant}__"
 
 
-def scoped_query(sql: str, tenants: Iterable[str], backend: Backend) -> str:
-    """The caller's read-only query, restricted to the rows of ``tenants``."""
-    allowed_tenants = sorted(set(tenants))
+def _dataset_owner(name: str, tenants: frozenset[str]) -> str | None:
+    for tenant in tenants:
+        prefix = dataset_prefix(tenant)
+        if name.startswith(prefix) and _DATASET_NAME.fullmatch(name[len(prefix) :]):
+            return tenant
+    return None
+
+
+def scoped_query(sql: str, grants: Grants, backend: Backend) -> str:
+    """The caller's read-only query, restricted to what ``grants`` allow."""
     sql = sql.strip().rstrip(";").strip()
     if not _READ_STATEMENT.match(sql) or ";" in sql:
         raise InvalidRequest("only one SELECT statement is allowed", reason="read-only")
-    if not allowed_tenants:
+    if not grants.tables and not grants.dataset_tenants:
         raise InvalidRequest("no tenant to read", reason="scope")
 
     for table in readable_tables(sql, backend):
-        database, dot, name = table.partition(".")
-        if not dot:
-            raise InvalidRequest(
-                f"name tables with their database ({DATABASE}.… or {DATASETS}.…)",
-                reason="unqualified-table",
-            )
-        if database == DATABASE and name in TENANT_TABLES:
-            continue
-        if database == DATASETS and any(
-            name.startswith(dataset_prefix(t)) for t in allowed_tenants
-        ):
-            continue
-        raise InvalidRequest(f"table {table} cannot be read", reason="table")
+        _check_table(table, grants)
 
-    in_scope = ", ".join(quote(t) for t in allowed_tenants)
     filters = ", ".join(
-        f"{quote(f'{DATABASE}.{name}')}: {quote(f'tenant IN ({in_scope})')}"
-        for name in sorted(TENANT_TABLES)
+        f"{quote(f'{DATABASE}.{name}')}: {quote(_row_filter(grants, name))}"
+        for name in sorted(TENANT_TABLES | set(TABLE_ACTIONS))
+        if _row_filter(grants, name) != ""
     )
-    return (
-        f"SELECT * FROM ({sql}) "
-        f"SETTINGS readonly = 1, additional_table_filters = {{{filters}}}"
-    )
+    settings = "readonly = 1"
+    if filters:
+        settings += f", additional_table_filters = {{{filters}}}"
+    return f"SELECT * FROM ({sql}) SETTINGS {settings}"
+
+
+def _check_table(table: str, grants: Grants) -> None:
+    database, dot, name = table.partition(".")
+    if not dot:
+        raise InvalidRequest(
+            f"name tables with their database ({DATABASE}.… or {DATASETS}.…)",
+            reason="unqualified-table",
+        )
+
+    if database == DATABASE and name in TABLE_ACTIONS:
+        if name not in grants.tables:
+            raise PermissionDenied(TABLE_ACTIONS[name])
+        if grants.tables[name] == frozenset():
+            raise InvalidRequest("no tenant to read", reason="scope")
+        return
+
+    if database == DATASETS:
+        if not grants.dataset_tenants:
+            raise PermissionDenied(Action.DATASETS_READ)
+        if _dataset_owner(name, grants.dataset_tenants) is not None:
+            return
+
+    raise InvalidRequest(f"table {table} cannot be read", reason="table")
+
+
+def _row_filter(grants: Grants, table: str) -> str:
+    """The filter of one registry table: "" for every row, "0" for none."""
+    if table not in grants.tables:
+        # Not granted, yet a granted view may read it underneath: no rows.
+        return "0"
+    tenants = grants.tables[table]
+    if tenants is None:
+        return ""
+    if not tenants:
+        return "0"
+    return f"tenant IN ({', '.join(quote(t) for t in sorted(tenants))})"

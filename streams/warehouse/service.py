@@ -1,8 +1,10 @@
 """``sluice warehouse serve``: owns the warehouse, loads it, answers queries.
 
-Queries arrive over HTTP with the caller's bearer token. Only single SELECT
-statements run, scoped to the caller's tenant (``scope``); another tenant's
-upload is reported exactly like a missing one.
+Queries arrive over HTTP with the caller's bearer token (a JWT or a service
+key). Only single SELECT statements run, restricted to the tables the
+caller's roles grant and the rows of the tenants they reach (``scope``);
+another tenant's upload is reported exactly like a missing one. Refused
+credentials and permissions are audited (``streams.guard``).
 """
 
 from __future__ import annotations
@@ -17,18 +19,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
-from streams.auth import AuthenticationError, Principal, TokenVerifier, parse_bearer
 from streams.config import Settings, get_settings
-from streams.errors import ClientError, DataError, InvalidRequest, NotFound
+from streams.errors import (
+    ClientError,
+    DataError,
+    DependencyUnavailable,
+    InvalidRequest,
+    NotFound,
+)
+from streams.guard import Guard, www_authenticate
 from streams.logs import get_logger
+from streams.permissions import Action, PermissionDenied
 from streams.warehouse.backend import ChdbBackend, quote
 from streams.warehouse.loader import Loader
 from streams.warehouse.schema import DATABASE, migrate
-from streams.warehouse.scope import scoped_query
+from streams.warehouse.scope import QUERY_ACTIONS, grants_for, scoped_query
 
 log = get_logger(__name__)
 
-QUERY_ROLES = frozenset({"reader", "operator", "auditor", "admin"})
 OUTPUT_FORMATS = {
     "json": "JSONEachRow",
     "csv": "CSVWithNames",
@@ -37,39 +45,31 @@ OUTPUT_FORMATS = {
 }
 
 
-class _Forbidden(ClientError):
-    status = 403
-
-
-def _principal(request: Request, allowed: frozenset[str] | None = None) -> Principal:
-    verifier: TokenVerifier = request.app.state.verifier
-    try:
-        principal = verifier.verify(parse_bearer(request.headers.get("authorization")))
-    except AuthenticationError as exc:
-        raise _Unauthenticated(str(exc), reason=exc.reason) from exc
-    if allowed is not None and not principal.roles & allowed:
-        raise _Forbidden("role not permitted", reason="forbidden")
-    return principal
-
-
-class _Unauthenticated(ClientError):
-    status = 401
+def _guard(request: Request) -> Guard:
+    guard: Guard = request.app.state.guard
+    return guard
 
 
 async def query(request: Request) -> Response:
-    principal = _principal(request, QUERY_ROLES)
+    guard = _guard(request)
+    principal = await guard.authorize_any(request, QUERY_ACTIONS)
     try:
         body = await request.json()
     except ValueError as exc:
         raise InvalidRequest("body must be JSON", reason="body") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("body must be a JSON object", reason="body")
     fmt = OUTPUT_FORMATS.get(str(body.get("format", "json")).lower())
     if fmt is None:
         raise InvalidRequest("format must be json, csv, tsv or table", reason="format")
 
     backend: ChdbBackend = request.app.state.backend
-    sql = await asyncio.to_thread(
-        scoped_query, str(body.get("sql", "")), [principal.tenant], backend
-    )
+    try:
+        sql = await asyncio.to_thread(
+            scoped_query, str(body.get("sql", "")), grants_for(principal), backend
+        )
+    except PermissionDenied as exc:
+        raise guard.denied(request, principal, exc.action) from exc
     try:
         text = await asyncio.to_thread(backend.query_text, sql, fmt)
     except DataError as exc:
@@ -78,7 +78,7 @@ async def query(request: Request) -> Response:
 
 
 async def upload(request: Request) -> Response:
-    principal = _principal(request)
+    principal = await _guard(request).authorize(request, Action.UPLOAD_READ)
     upload_id = request.path_params["upload_id"]
     backend: ChdbBackend = request.app.state.backend
     scope = f"tenant = {quote(principal.tenant)} AND upload_id = {quote(upload_id)}"
@@ -110,11 +110,22 @@ async def healthz(request: Request) -> Response:
 
 async def _client_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ClientError)
-    headers = {"WWW-Authenticate": 'Bearer realm="sluice"'} if exc.status == 401 else {}
+    headers = {}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = www_authenticate(exc.reason)
     return JSONResponse(
         {"error": exc.reason, "message": str(exc)},
         status_code=exc.status,
         headers=headers,
+    )
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("request.unavailable", path=request.url.path, error=str(exc))
+    return JSONResponse(
+        {"error": "unavailable", "message": "a dependency is unavailable"},
+        status_code=503,
+        headers={"Retry-After": "5"},
     )
 
 
@@ -128,11 +139,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         loader = Loader(settings, backend)
         loader.start()
         app.state.backend = backend
-        app.state.verifier = TokenVerifier.from_settings(settings)
+        app.state.guard = Guard.from_settings(settings)
         log.info("warehouse.ready", schema_version=version)
         yield
         loader.stop()
         backend.close()
+        app.state.guard.close()
 
     return Starlette(
         routes=[
@@ -142,5 +154,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Mount("/metrics", app=make_asgi_app()),
         ],
         lifespan=lifespan,
-        exception_handlers={ClientError: _client_error},
+        exception_handlers={
+            ClientError: _client_error,
+            DependencyUnavailable: _unavailable,
+        },
     )
