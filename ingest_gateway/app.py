@@ -1,8 +1,12 @@
 """HTTP surface of the gateway: tus endpoints, upload status, probes, metrics.
 
-Each handler reads as a checklist: authenticate, find the upload in the
-caller's tenant, validate, act, record, answer. Errors are raised as
-``streams.errors`` types and turned into responses in one place.
+Each handler reads as a checklist: authorise, find the upload in the
+caller's tenant, validate, act, record, answer. Authorising is one call,
+``await gateway.authorize(request, action)``: the credential is verified and
+the action checked against the permission matrix (``streams.permissions``),
+refusals audited (``streams.guard``). Errors are raised as ``streams.errors``
+types and turned into responses in one place. The operator and admin
+endpoints live in ``ingest_gateway.control``.
 """
 
 from __future__ import annotations
@@ -21,15 +25,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from ingest_gateway import tus
+from ingest_gateway import control, tus
 from ingest_gateway.producer import ProducerPool, chunk_records, empty_final_chunk
 from ingest_gateway.state import UploadStates
-from streams.auth import (
-    AuthenticationError,
-    Principal,
-    TokenVerifier,
-    parse_bearer,
-)
+from streams.auth import Principal
 from streams.config import Settings, get_settings
 from streams.errors import (
     ChecksumMismatch,
@@ -40,15 +39,14 @@ from streams.errors import (
     Locked,
     NotFound,
     PayloadTooLarge,
-    Unauthenticated,
 )
 from streams.events import new_id, now_ms
+from streams.guard import Guard, www_authenticate
 from streams.logs import bound, describe_name, get_logger
 from streams.names import InvalidFilename, validate_filename
+from streams.permissions import Action
 
 log = get_logger(__name__)
-
-UPLOAD_ROLES = frozenset({"uploader", "admin"})
 
 REQUESTS = Counter(
     "sluice_gateway_requests_total",
@@ -71,16 +69,13 @@ class Gateway:
         self.settings = settings
         self.states = UploadStates(settings)
         self.producers = ProducerPool(settings)
-        self.verifier = TokenVerifier.from_settings(settings)
+        self.guard = Guard.from_settings(settings)
         # One mutating request per upload at a time within this instance.
         self.busy: set[str] = set()
 
-    def authenticate(self, request: Request) -> Principal:
-        try:
-            token = parse_bearer(request.headers.get("authorization"))
-            return self.verifier.verify(token)
-        except AuthenticationError as exc:
-            raise Unauthenticated(str(exc), reason=exc.reason) from exc
+    async def authorize(self, request: Request, action: Action) -> Principal:
+        """The caller, if their credential is valid and the matrix allows it."""
+        return await self.guard.authorize(request, action)
 
     def upload_for(self, principal: Principal, upload_id: str) -> dict[str, Any]:
         """The caller's upload; another tenant's looks exactly like a missing one."""
@@ -119,18 +114,6 @@ class _VersionMismatch(ClientError):
         super().__init__("Tus-Resumable must be 1.0.0", reason="tus-version")
 
 
-def _require_role(principal: Principal, allowed: frozenset[str]) -> None:
-    if not principal.roles & allowed:
-        raise _Forbidden()
-
-
-class _Forbidden(ClientError):
-    status = 403
-
-    def __init__(self) -> None:
-        super().__init__("role not permitted", reason="forbidden")
-
-
 async def options(request: Request) -> Response:
     settings = _gateway(request).settings
     return Response(
@@ -149,9 +132,8 @@ async def options(request: Request) -> Response:
 async def create(request: Request) -> Response:
     gateway = _gateway(request)
     settings = gateway.settings
-    principal = gateway.authenticate(request)
+    principal = await gateway.authorize(request, Action.UPLOAD_CREATE)
     _require_tus(request)
-    _require_role(principal, UPLOAD_ROLES)
 
     # Validate everything before anything is written anywhere.
     length = tus.parse_length(request.headers.get("upload-length"), "Upload-Length")
@@ -227,7 +209,7 @@ def _created(request: Request, state: dict[str, Any]) -> Response:
 
 async def head(request: Request) -> Response:
     gateway = _gateway(request)
-    principal = gateway.authenticate(request)
+    principal = await gateway.authorize(request, Action.UPLOAD_READ)
     _require_tus(request)
     state = gateway.upload_for(principal, request.path_params["upload_id"])
 
@@ -243,9 +225,8 @@ async def head(request: Request) -> Response:
 async def patch(request: Request) -> Response:
     gateway = _gateway(request)
     settings = gateway.settings
-    principal = gateway.authenticate(request)
+    principal = await gateway.authorize(request, Action.UPLOAD_WRITE)
     _require_tus(request)
-    _require_role(principal, UPLOAD_ROLES)
     upload_id = request.path_params["upload_id"]
 
     if request.headers.get("content-type") != tus.OFFSET_CONTENT_TYPE:
@@ -361,9 +342,8 @@ class _UnsupportedMedia(ClientError):
 
 async def terminate(request: Request) -> Response:
     gateway = _gateway(request)
-    principal = gateway.authenticate(request)
+    principal = await gateway.authorize(request, Action.UPLOAD_TERMINATE)
     _require_tus(request)
-    _require_role(principal, UPLOAD_ROLES)
     upload_id = request.path_params["upload_id"]
 
     if upload_id in gateway.busy:
@@ -388,7 +368,7 @@ async def terminate(request: Request) -> Response:
 async def upload_status(request: Request) -> Response:
     """Receipt state of an upload, for `sluice status` and clients."""
     gateway = _gateway(request)
-    principal = gateway.authenticate(request)
+    principal = await gateway.authorize(request, Action.UPLOAD_READ)
     state = gateway.upload_for(principal, request.path_params["upload_id"])
     return JSONResponse(
         {
@@ -424,7 +404,7 @@ async def _client_error(request: Request, exc: Exception) -> Response:
     )
     headers = _tus_headers()
     if exc.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="sluice"'
+        headers["WWW-Authenticate"] = www_authenticate(exc.reason)
     return JSONResponse(
         {"error": exc.reason, "message": str(exc)},
         status_code=exc.status,
@@ -454,6 +434,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         yield
         await gateway.producers.close()
         gateway.states.stop()
+        gateway.guard.close()
 
     routes = [
         Route("/files", options, methods=["OPTIONS"]),
@@ -463,6 +444,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/files/{upload_id}", patch, methods=["PATCH"]),
         Route("/files/{upload_id}", terminate, methods=["DELETE"]),
         Route("/v1/uploads/{upload_id}", upload_status, methods=["GET"]),
+        *control.routes(),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Mount("/metrics", app=make_asgi_app()),

@@ -1,12 +1,22 @@
 """The ``sluice`` command line: services, operator tools and clients.
 
 Services: ``gateway``, ``worker``, ``warehouse serve|migrate``.
-Operators: ``topics apply|list``, ``token``, ``dlq list|replay``,
-``quarantine list|release|delete``.
+Operators: ``topics apply|list``, ``dlq list|show|replay``,
+``quarantine list|release|delete``, ``staging sweep``, ``health``.
+Admins: ``keys create|list|revoke|rotate``, ``tenants list``.
 Clients: ``upload``, ``status``, ``query``.
+Development identity provider: ``token``, ``jwks show|serve``.
 
-Client commands authenticate with the bearer token in ``SLUICE_TOKEN`` (or
-``--token``); ``sluice token`` prints a development one.
+Every client, operator and admin command authenticates with the bearer token
+in ``SLUICE_TOKEN`` (or ``--token``) and needs the action the permission
+matrix names for it (``streams.permissions.CLI_COMMANDS``). All but
+``topics`` go through the gateway or warehouse over HTTP, which check the
+token and the matrix themselves. ``topics`` must work before any service
+runs (the services need the topics), so it verifies the token here, with
+the same verifier and matrix, and audits what it does.
+
+Exit codes: 0 done, 1 failed or not found, 2 usage, 3 not authenticated
+(401), 4 not permitted (403), 5 a dependency is unavailable (503).
 """
 
 from __future__ import annotations
@@ -14,18 +24,48 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 from rich.console import Console
 from rich.table import Table
 
 from streams.config import Settings, get_settings
+from streams.permissions import Action
+
+if TYPE_CHECKING:
+    from streams.audit import AuditLog
+    from streams.auth import Principal
 
 err = Console(stderr=True)
 out = Console()
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_UNAUTHENTICATED: Final = 3
+EXIT_FORBIDDEN: Final = 4
+EXIT_UNAVAILABLE: Final = 5
+
+_EXIT_BY_STATUS: Final = {
+    401: EXIT_UNAUTHENTICATED,
+    403: EXIT_FORBIDDEN,
+    503: EXIT_UNAVAILABLE,
+}
+
+HTTP_TIMEOUT_S: Final = 60.0
+JWKS_PATHS: Final = ("/.well-known/jwks.json", "/jwks.json")
+
+
+class _Refused(Exception):
+    """A command stops with an exit code; its message is already printed."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> str:
@@ -35,7 +75,7 @@ def _token(args: argparse.Namespace, settings: Settings) -> str:
             "[red]no token: set SLUICE_TOKEN or pass --token "
             "(`sluice token --tenant T --role R` prints a development one)"
         )
-        raise SystemExit(2)
+        raise _Refused(EXIT_USAGE)
     return str(token)
 
 
@@ -45,6 +85,63 @@ def _auth(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
 
 def _warehouse_url(settings: Settings) -> str:
     return f"http://{settings.warehouse_listen}"
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()
+    if isinstance(body, dict) and "message" in body:
+        return str(body["message"])
+    return response.text.strip()
+
+
+def _call(
+    method: str,
+    url: str,
+    args: argparse.Namespace,
+    settings: Settings,
+    *,
+    json_body: dict[str, Any] | None = None,
+    params: dict[str, str] | None = None,
+    what: str = "request",
+    accept: tuple[int, ...] = (),
+) -> httpx.Response:
+    """Send an authenticated request; refusals become exit codes.
+
+    Statuses in ``accept`` are returned to the caller instead.
+    """
+    try:
+        response = httpx.request(
+            method,
+            url,
+            headers=_auth(args, settings),
+            json=json_body,
+            params=params,
+            timeout=HTTP_TIMEOUT_S,
+        )
+    except httpx.HTTPError as exc:
+        err.print(f"[red]{what} failed: cannot reach {url}: {exc}")
+        raise _Refused(EXIT_UNAVAILABLE) from exc
+
+    if response.is_success or response.status_code in accept:
+        return response
+    err.print(f"[red]{what} refused ({response.status_code}): {_message(response)}")
+    raise _Refused(_EXIT_BY_STATUS.get(response.status_code, EXIT_FAILED))
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _when(epoch_s: int | None) -> str:
+    if epoch_s is None:
+        return "-"
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+# --- Services -----------------------------------------------------------------
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -63,14 +160,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
     )
-    return 0
+    return EXIT_OK
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from streams.worker import run
 
     run()
-    return 0
+    return EXIT_OK
 
 
 def cmd_warehouse(args: argparse.Namespace) -> int:
@@ -84,7 +181,7 @@ def cmd_warehouse(args: argparse.Namespace) -> int:
 
         version = migrate(ChdbBackend(settings.chdb_path))
         out.print(f"warehouse schema at version {version}")
-        return 0
+        return EXIT_OK
 
     import uvicorn
 
@@ -98,20 +195,113 @@ def cmd_warehouse(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
     )
-    return 0
+    return EXIT_OK
+
+
+# --- Topics: verified here, since they must exist before any service ----------
+
+
+def _authorize_locally(
+    args: argparse.Namespace, settings: Settings, action: Action, command: str
+) -> Principal:
+    """The token's principal, if the matrix allows ``action``; audit refusals."""
+    from streams import audit, service_keys
+    from streams.audit import AuditLog
+    from streams.auth import PLATFORM_TENANT, AuthenticationError, TokenVerifier
+    from streams.permissions import allows
+    from streams.service_keys import ServiceKeyStore
+
+    header = f"Bearer {_token(args, settings)}"
+    correlation_id = audit.correlation_id(None)
+    try:
+        principal = service_keys.authenticate(
+            header,
+            TokenVerifier.from_settings(settings),
+            ServiceKeyStore.from_settings(settings),
+        )
+    except AuthenticationError as exc:
+        _audit_quickly(
+            AuditLog(settings),
+            audit.audit_event(
+                tenant=PLATFORM_TENANT,
+                actor=audit.ANONYMOUS,
+                action="auth.failed",
+                target=f"sluice {command}",
+                outcome=audit.DENIED,
+                correlation_id=correlation_id,
+                detail={"reason": exc.reason},
+            ),
+        )
+        err.print(f"[red]{command} refused: {exc}")
+        raise _Refused(
+            EXIT_UNAVAILABLE if exc.retriable else EXIT_UNAUTHENTICATED
+        ) from exc
+
+    if not allows(principal, action):
+        _audit_quickly(
+            AuditLog(settings),
+            audit.audit_event(
+                tenant=principal.tenant,
+                actor=principal.subject,
+                action="permission.denied",
+                target=action.value,
+                outcome=audit.DENIED,
+                correlation_id=correlation_id,
+                detail={
+                    "command": f"sluice {command}",
+                    "roles": ",".join(sorted(principal.roles)),
+                },
+            ),
+        )
+        err.print(f"[red]{command} refused: role not permitted to {action.value}")
+        raise _Refused(EXIT_FORBIDDEN)
+    return principal
+
+
+def _audit_quickly(log: AuditLog, event: dict[str, Any]) -> None:
+    # A refusal must not hang the command when the audit topic is missing
+    # (before the first `topics apply`): wait briefly, then give up.
+    log.record(event, wait_s=2)
+    log.close(timeout_s=2)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
+    from streams import audit
     from streams.admin import apply_topics, describe_topics
+    from streams.audit import AuditLog
+    from streams.auth import PLATFORM_TENANT
 
     settings = get_settings()
-    if args.action == "apply":
-        for name, outcome in apply_topics(settings):
-            out.print(f"{name}: {outcome}")
-        return 0
-    for row in describe_topics(settings):
-        out.print(row)
-    return 0
+    if args.action == "list":
+        _authorize_locally(args, settings, Action.TOPICS_READ, "topics list")
+        for row in describe_topics(settings):
+            out.print(row)
+        return EXIT_OK
+
+    principal = _authorize_locally(args, settings, Action.TOPICS_APPLY, "topics apply")
+    report = apply_topics(settings)
+    for name, outcome in report:
+        out.print(f"{name}: {outcome}")
+
+    created = [name for name, outcome in report if outcome == "created"]
+    log = AuditLog(settings)
+    log.record(
+        audit.audit_event(
+            tenant=PLATFORM_TENANT,
+            actor=principal.subject,
+            action="topics.applied",
+            target=settings.topic_prefix,
+            outcome=audit.SUCCESS,
+            correlation_id=audit.correlation_id(None),
+            detail={"created": ",".join(created), "actor_tenant": principal.tenant},
+        ),
+        wait_s=10,
+    )
+    log.close()
+    return EXIT_OK
+
+
+# --- Development identity provider --------------------------------------------
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -119,16 +309,85 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     keys = DevKeys.load_or_create(settings.keys_dir)
-    token = keys.issue(
-        args.tenant,
-        args.role,
-        subject=args.subject,
-        ttl_s=args.ttl,
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-    )
+    try:
+        token = keys.issue(
+            args.tenant,
+            args.role,
+            subject=args.subject,
+            ttl_s=args.ttl,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            audit_tenants=args.audit_tenant,
+        )
+    except ValueError as exc:
+        err.print(f"[red]{exc}")
+        return EXIT_USAGE
+    if settings.jwks_url or settings.jwks_file is not None:
+        err.print(
+            "[yellow]note: SLUICE_JWKS_URL or SLUICE_JWKS_FILE is set; this token "
+            "verifies only where that key set is this machine's development keys"
+        )
     print(token)
-    return 0
+    return EXIT_OK
+
+
+def cmd_jwks(args: argparse.Namespace) -> int:
+    from streams.auth import DevKeys
+
+    settings = get_settings()
+    keys = DevKeys.load_or_create(settings.keys_dir)
+    if args.action == "show":
+        _print_json(keys.jwks)
+        return EXIT_OK
+    return _serve_jwks(keys.jwks, args.listen)
+
+
+def _serve_jwks(jwks: dict[str, Any], listen: str) -> int:
+    """Serve the development JWKS on a loopback address until interrupted."""
+    import ipaddress
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    host, _, port = listen.rpartition(":")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback or not port.isdigit():
+        err.print("[red]--listen must be a loopback host:port, e.g. 127.0.0.1:8099")
+        return EXIT_USAGE
+
+    body = json.dumps(jwks).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path not in JWKS_PATHS:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "max-age=60")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # a key server's access log is noise here
+
+    server = ThreadingHTTPServer((host, int(port)), Handler)
+    err.print(
+        f"serving the development JWKS at http://{host}:{server.server_port}"
+        f"{JWKS_PATHS[0]} (SLUICE_JWKS_URL); Ctrl-C stops"
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return EXIT_OK
+
+
+# --- Clients ------------------------------------------------------------------
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
@@ -146,48 +405,48 @@ def cmd_upload(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2))
     else:
         for item in results:
-            out.print(f"{item['upload_id']}  {item['path']}")
-    return 0 if all(r["upload_id"] for r in results) else 1
+            if item["upload_id"]:
+                out.print(f"{item['upload_id']}  {item['path']}")
+            else:
+                err.print(f"[red]{item['path']}: {item['error']}")
+    if all(r["upload_id"] for r in results):
+        return EXIT_OK
+    statuses = {r.get("status") for r in results if not r["upload_id"]}
+    for status, code in _EXIT_BY_STATUS.items():
+        if status in statuses:
+            return code
+    return EXIT_FAILED
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = get_settings()
-    headers = _auth(args, settings)
-    receipt = httpx.get(
-        f"{settings.gateway_url}/v1/uploads/{args.upload_id}",
-        headers=headers,
-        timeout=10,
-    )
-    if receipt.status_code == 404:
-        err.print("upload not found")
-        return 1
-    receipt.raise_for_status()
-    status: dict[str, Any] = {
-        "upload": receipt.json(),
-        "stage": "RECEIVING",
-        "result": None,
-    }
-    processed = httpx.get(
+    gateway = f"{settings.gateway_url}/v1/uploads/{args.upload_id}"
+    receipt = _call("GET", gateway, args, settings, what="status").json()
+    status: dict[str, Any] = {"upload": receipt, "stage": "RECEIVING", "result": None}
+    # Not in the warehouse yet (404) is normal for an upload still arriving.
+    processed = _call(
+        "GET",
         f"{_warehouse_url(settings)}/v1/uploads/{args.upload_id}",
-        headers=headers,
-        timeout=10,
+        args,
+        settings,
+        what="status",
+        accept=(404,),
     )
     if processed.status_code == 200:
-        body = processed.json()
-        status["stage"] = body["stage"]
-        status["result"] = body["result"]
-    elif status["upload"]["status"] == "COMPLETE":
+        status["stage"] = processed.json()["stage"]
+        status["result"] = processed.json()["result"]
+    elif receipt["status"] == "COMPLETE":
         status["stage"] = "RECEIVED"
 
     if args.json:
-        print(json.dumps(status, indent=2, default=str))
-        return 0
+        _print_json(status)
+        return EXIT_OK
     result = status["result"] or {}
     table = Table(show_header=False)
     for label, value in (
         ("upload", args.upload_id),
-        ("file", status["upload"]["filename"]),
-        ("received", f"{status['upload']['offset']} / {status['upload']['length']}"),
+        ("file", receipt["filename"]),
+        ("received", f"{receipt['offset']} / {receipt['length']}"),
         ("stage", status["stage"]),
         ("verdict", result.get("verdict", "-")),
         ("reason", result.get("reason", "-")),
@@ -195,150 +454,270 @@ def cmd_status(args: argparse.Namespace) -> int:
     ):
         table.add_row(label, str(value))
     out.print(table)
-    return 0
+    return EXIT_OK
 
 
 def cmd_query(args: argparse.Namespace) -> int:
     settings = get_settings()
-    response = httpx.post(
+    response = _call(
+        "POST",
         f"{_warehouse_url(settings)}/v1/query",
-        headers=_auth(args, settings),
-        json={"sql": args.sql, "format": args.format},
-        timeout=60,
+        args,
+        settings,
+        json_body={"sql": args.sql, "format": args.format},
+        what="query",
     )
-    if response.status_code != 200:
-        try:
-            message = response.json().get("message", response.text)
-        except ValueError:
-            message = response.text
-        err.print(f"[red]query refused ({response.status_code}): {message}")
-        return 1
     sys.stdout.write(response.text)
-    return 0
+    return EXIT_OK
+
+
+# --- Operators: through the gateway's control endpoints -----------------------
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    from streams.dlq import list_dead_letters, replay_dead_letters
-
     settings = get_settings()
+    base = f"{settings.gateway_url}/v1/ops/dead-letters"
     if args.action == "show":
-        from streams.dlq import describe
-
-        wanted = set(args.ids)
+        if not args.ids:
+            err.print("[red]dlq show needs dead-letter ids")
+            return EXIT_USAGE
         shown = [
-            describe(d) for d in list_dead_letters(settings) if d["event_id"] in wanted
-        ]
-        if not shown:
-            err.print("[red]no such dead letter")
-            return 1
-        print(json.dumps(shown, indent=2, default=str))
-        return 0
-    if args.action == "list":
-        letters = list_dead_letters(settings)
-        if args.json:
-            summary = [
-                {k: v for k, v in d.items() if k not in ("key", "value")}
-                for d in letters
+            _call("GET", f"{base}/{event_id}", args, settings, what="dlq show").json()[
+                "dead_letter"
             ]
-            print(json.dumps(summary, indent=2, default=str))
-            return 0
+            for event_id in args.ids
+        ]
+        _print_json(shown)
+        return EXIT_OK
+    if args.action == "list":
+        letters = _call("GET", base, args, settings, what="dlq list").json()[
+            "dead_letters"
+        ]
+        if args.json:
+            _print_json(letters)
+            return EXIT_OK
         table = Table(
-            "id", "category", "agent", "upload", "attempts", "replayed", "error"
+            "id", "category", "agent", "tenant", "upload", "attempts", "replayed"
         )
         for letter in letters:
             table.add_row(
                 letter["event_id"],
                 letter["category"],
                 letter["agent"],
+                letter["tenant"] or "-",
                 letter["upload_id"] or "-",
                 str(letter["attempts"]),
                 "yes" if letter["replayed"] else "no",
-                letter["error"][:60],
             )
         out.print(table)
-        return 0
-    replayed = replay_dead_letters(
-        settings, ids=args.ids, category=args.category, actor=args.actor
-    )
+        return EXIT_OK
+
+    body = {"ids": args.ids, "category": args.category}
+    replayed = _call(
+        "POST", f"{base}/replay", args, settings, json_body=body, what="dlq replay"
+    ).json()["replayed"]
+    if args.json:
+        _print_json(replayed)
+        return EXIT_OK
     out.print(f"replayed {len(replayed)} dead letter(s)")
     for event_id in replayed:
         out.print(f"  {event_id}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    from streams import quarantine, topics
-    from streams.errors import NotFound
-    from streams.publish import Publisher
-    from streams.storage import ObjectStore
-
     settings = get_settings()
-    objects = ObjectStore(settings.storage_root)
+    base = f"{settings.gateway_url}/v1/ops/quarantine"
     if args.action == "list":
-        entries = quarantine.entries(objects, args.tenant)
+        params = {"tenant": args.tenant} if args.tenant else None
+        entries = _call(
+            "GET", base, args, settings, params=params, what="quarantine list"
+        ).json()["quarantined"]
         if args.json:
-            print(json.dumps([vars(e) for e in entries], indent=2))
-            return 0
+            _print_json(entries)
+            return EXIT_OK
         table = Table("tenant", "upload", "verdict", "bytes", "reason")
         for e in entries:
-            table.add_row(
-                e.tenant, e.upload_id, e.verdict, str(e.stored_bytes), e.reason
-            )
+            size = str(e["stored_bytes"])
+            table.add_row(e["tenant"], e["upload_id"], e["verdict"], size, e["reason"])
         out.print(table)
-        return 0
+        return EXIT_OK
 
     if not args.tenant or not args.upload_id:
         err.print("[red]release and delete need --tenant and an upload id")
-        return 2
-    publisher = Publisher(settings)
-    action = f"quarantine.{args.action}d"  # quarantine.released / .deleted
-    try:
-        if args.action == "release":
-            key = quarantine.load_key(settings)
-            result = quarantine.release(
-                objects, args.tenant, args.upload_id, key, args.actor
-            )
-        else:
-            result = quarantine.delete(objects, args.tenant, args.upload_id, args.actor)
-    except NotFound:
-        publisher.audit(
-            tenant=args.tenant,
-            actor=args.actor,
-            action=action,
-            target=args.upload_id,
-            outcome="not-found",
+        return EXIT_USAGE
+    target = f"{base}/{args.tenant}/{args.upload_id}"
+    if args.action == "release":
+        response = _call(
+            "POST", f"{target}/release", args, settings, what="quarantine release"
         )
-        publisher.flush()
-        err.print("[red]no such quarantined upload")
-        return 1
-    publisher.send(topics.RESULTS, args.upload_id, "FileResult", result)
-    publisher.audit(
-        tenant=args.tenant,
-        actor=args.actor,
-        action=action,
-        target=args.upload_id,
-        outcome="success",
-        correlation_id=result["correlation_id"],
-        detail={"location": result["location"]},
-    )
-    publisher.flush()
-    out.print(f"{args.action}d {args.upload_id}: {result['location'] or 'gone'}")
-    return 0
+    else:
+        response = _call("DELETE", target, args, settings, what="quarantine delete")
+    result = response.json()["result"]
+    if args.json:
+        _print_json(result)
+    else:
+        out.print(f"{args.action}d {args.upload_id}: {result['location'] or 'gone'}")
+    return EXIT_OK
 
 
 def cmd_staging(args: argparse.Namespace) -> int:
-    from agents.cleanup import sweep
-    from streams.storage import ObjectStore
-
     settings = get_settings()
-    older_than = (
-        settings.upload_expiry_s if args.older_than is None else args.older_than
-    )
-    expired = sweep(ObjectStore(settings.storage_root), older_than)
+    body = {} if args.older_than is None else {"older_than_s": args.older_than}
+    expired = _call(
+        "POST",
+        f"{settings.gateway_url}/v1/ops/staging/sweep",
+        args,
+        settings,
+        json_body=body,
+        what="staging sweep",
+    ).json()["expired"]
+    if args.json:
+        _print_json(expired)
+        return EXIT_OK
     for item in expired:
-        out.print(f"expired {item.tenant}/{item.upload_id} (idle {item.idle_s:.0f}s)")
+        out.print(
+            f"expired {item['tenant']}/{item['upload_id']} (idle {item['idle_s']:.0f}s)"
+        )
     out.print(f"{len(expired)} abandoned upload(s) removed from staging")
-    return 0
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    report = _call(
+        "GET", f"{settings.gateway_url}/v1/ops/health", args, settings, what="health"
+    ).json()
+    if args.json:
+        _print_json(report)
+    else:
+        table = Table("component", "status", "error")
+        for name, component in report["components"].items():
+            table.add_row(name, component["status"], component.get("error", ""))
+        out.print(table)
+    return EXIT_OK if report["status"] == "ok" else EXIT_FAILED
+
+
+# --- Admins: tenants and service keys -----------------------------------------
+
+
+def cmd_tenants(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    tenants = _call(
+        "GET",
+        f"{settings.gateway_url}/v1/admin/tenants",
+        args,
+        settings,
+        what="tenants list",
+    ).json()["tenants"]
+    if args.json:
+        _print_json(tenants)
+        return EXIT_OK
+    table = Table("tenant", "service keys", "active")
+    for item in tenants:
+        table.add_row(item["tenant"], str(item["keys"]), str(item["active_keys"]))
+    out.print(table)
+    return EXIT_OK
+
+
+def _key_table(keys: list[dict[str, Any]]) -> Table:
+    table = Table("key id", "tenant", "roles", "state", "expires", "description")
+    for key in keys:
+        table.add_row(
+            key["key_id"],
+            key["tenant"],
+            ",".join(key["roles"]),
+            key["state"],
+            _when(key["expires_at"]),
+            key["description"],
+        )
+    return table
+
+
+def _print_issued(args: argparse.Namespace, issued: dict[str, Any], note: str) -> None:
+    """The new key alone on stdout (or JSON); what it is on stderr."""
+    if args.json:
+        _print_json(issued)
+        return
+    print(issued["api_key"])
+    err.print(_key_table([issued["key"]]))
+    err.print(f"{note} The key is shown once: store it now.")
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    base = f"{settings.gateway_url}/v1/admin/keys"
+    handlers: dict[str, Callable[[], int]] = {
+        "create": lambda: _keys_create(args, settings, base),
+        "list": lambda: _keys_list(args, settings, base),
+        "revoke": lambda: _keys_revoke(args, settings, base),
+        "rotate": lambda: _keys_rotate(args, settings, base),
+    }
+    return handlers[args.action]()
+
+
+def _keys_create(args: argparse.Namespace, settings: Settings, base: str) -> int:
+    body: dict[str, Any] = {
+        "tenant": args.tenant,
+        "roles": args.role,
+        "description": args.description,
+    }
+    if args.ttl is not None:
+        body["ttl_s"] = args.ttl
+    issued = _call(
+        "POST", base, args, settings, json_body=body, what="keys create"
+    ).json()
+    _print_issued(args, issued, f"Created key {issued['key']['key_id']}.")
+    return EXIT_OK
+
+
+def _keys_list(args: argparse.Namespace, settings: Settings, base: str) -> int:
+    params = {"tenant": args.tenant} if args.tenant else None
+    keys = _call("GET", base, args, settings, params=params, what="keys list").json()[
+        "keys"
+    ]
+    if args.json:
+        _print_json(keys)
+    else:
+        out.print(_key_table(keys))
+    return EXIT_OK
+
+
+def _keys_revoke(args: argparse.Namespace, settings: Settings, base: str) -> int:
+    key = _call(
+        "POST", f"{base}/{args.key_id}/revoke", args, settings, what="keys revoke"
+    ).json()["key"]
+    if args.json:
+        _print_json(key)
+    else:
+        err.print(f"revoked key {key['key_id']} of tenant {key['tenant']}")
+    return EXIT_OK
+
+
+def _keys_rotate(args: argparse.Namespace, settings: Settings, base: str) -> int:
+    body: dict[str, Any] = {}
+    if args.grace is not None:
+        body["grace_s"] = args.grace
+    if args.ttl is not None:
+        body["ttl_s"] = args.ttl
+    issued = _call(
+        "POST",
+        f"{base}/{args.key_id}/rotate",
+        args,
+        settings,
+        json_body=body,
+        what="keys rotate",
+    ).json()
+    _print_issued(
+        args,
+        issued,
+        f"Rotated key {issued['previous']} to {issued['key']['key_id']}; the old "
+        "key keeps working until its grace period ends.",
+    )
+    return EXIT_OK
+
+
+# --- Parser -------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     warehouse.add_argument("action", choices=["serve", "migrate"])
     warehouse.set_defaults(func=cmd_warehouse)
 
-    topics = sub.add_parser("topics", help="create or list platform topics")
+    topics = sub.add_parser("topics", help="create or list platform topics (operator)")
     topics.add_argument("action", choices=["apply", "list"])
     topics.set_defaults(func=cmd_topics)
 
@@ -364,9 +743,21 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--role", action="append", required=True, help="repeat for several roles"
     )
+    token.add_argument(
+        "--audit-tenant",
+        action="append",
+        help="a tenant an auditor audits (repeat; default: its own tenant)",
+    )
     token.add_argument("--subject", default="dev")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     token.set_defaults(func=cmd_token)
+
+    jwks = sub.add_parser("jwks", help="show or serve the development key set")
+    jwks.add_argument("action", choices=["show", "serve"])
+    jwks.add_argument(
+        "--listen", default="127.0.0.1:8099", help="loopback host:port to serve on"
+    )
+    jwks.set_defaults(func=cmd_jwks)
 
     upload = sub.add_parser("upload", help="upload files through the gateway (tus)")
     upload.add_argument("paths", nargs="+")
@@ -386,36 +777,91 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query.set_defaults(func=cmd_query)
 
-    dlq = sub.add_parser("dlq", help="list, show or replay dead letters")
+    dlq = sub.add_parser("dlq", help="list, show or replay dead letters (operator)")
     dlq.add_argument("action", choices=["list", "show", "replay"])
     dlq.add_argument(
         "ids", nargs="*", help="dead letters to show or replay (replay: default all)"
     )
     dlq.add_argument("--category", help="only this category, e.g. SCAN_UNAVAILABLE")
-    dlq.add_argument("--actor", default="operator", help="who replays, for audit")
     dlq.add_argument("--json", action="store_true")
     dlq.set_defaults(func=cmd_dlq)
 
-    quarantined = sub.add_parser("quarantine", help="list, release or delete")
+    _quarantine_parser(sub)
+
+    health = sub.add_parser("health", help="health of Kafka, clamd, warehouse")
+    health.add_argument("--json", action="store_true")
+    health.set_defaults(func=cmd_health)
+
+    tenants = sub.add_parser("tenants", help="tenants holding service keys (admin)")
+    tenants.add_argument("action", choices=["list"])
+    tenants.add_argument("--json", action="store_true")
+    tenants.set_defaults(func=cmd_tenants)
+
+    _keys_parser(sub)
+    return parser
+
+
+def _quarantine_parser(sub: Any) -> None:
+    quarantined = sub.add_parser(
+        "quarantine", help="list, release or delete quarantined files (operator)"
+    )
     quarantined.add_argument("action", choices=["list", "release", "delete"])
     quarantined.add_argument("upload_id", nargs="?")
     quarantined.add_argument("--tenant", help="the upload's tenant (list: filter)")
-    quarantined.add_argument("--actor", default="operator", help="who, for audit")
     quarantined.add_argument("--json", action="store_true")
     quarantined.set_defaults(func=cmd_quarantine)
 
-    staging = sub.add_parser("staging", help="remove abandoned uploads' staging")
+    staging = sub.add_parser(
+        "staging", help="remove abandoned uploads' staging (operator)"
+    )
     staging.add_argument("action", choices=["sweep"])
     staging.add_argument(
         "--older-than", type=float, help="idle seconds (default: upload expiry)"
     )
+    staging.add_argument("--json", action="store_true")
     staging.set_defaults(func=cmd_staging)
-    return parser
+
+
+def _keys_parser(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="service keys for producer services (admin)")
+    actions = keys.add_subparsers(dest="action", required=True)
+
+    create = actions.add_parser("create", help="issue a key; prints it once")
+    create.add_argument("--tenant", required=True)
+    create.add_argument(
+        "--role",
+        action="append",
+        required=True,
+        help="uploader, reader or auditor (repeat)",
+    )
+    create.add_argument("--ttl", type=int, help="lifetime in seconds (default 90 d)")
+    create.add_argument("--description", default="", help="what the key is for")
+    create.add_argument("--json", action="store_true")
+
+    listing = actions.add_parser("list", help="keys and their state, no secrets")
+    listing.add_argument("--tenant", help="only this tenant's keys")
+    listing.add_argument("--json", action="store_true")
+
+    revoke = actions.add_parser("revoke", help="refuse a key from now on")
+    revoke.add_argument("key_id")
+    revoke.add_argument("--json", action="store_true")
+
+    rotate = actions.add_parser("rotate", help="issue a successor; prints it once")
+    rotate.add_argument("key_id")
+    rotate.add_argument(
+        "--grace", type=int, help="seconds the old key still works (default 1 d)"
+    )
+    rotate.add_argument("--ttl", type=int, help="the new key's lifetime in seconds")
+    rotate.add_argument("--json", action="store_true")
+    keys.set_defaults(func=cmd_keys)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except _Refused as refused:
+        return refused.code
     return code
 
 

@@ -73,6 +73,7 @@ def upload_files(
                         "upload_id": None,
                         "size": path.stat().st_size,
                         "error": f"{exc.status_code}: {exc}",
+                        "status": exc.status_code,
                     }
                 )
             progress.update(task, completed=path.stat().st_size)

@@ -2,8 +2,15 @@
 
 Replaying re-produces the original message (value, key, headers) to its
 source topic with a ``replay-of`` header, records the replay on a compacted
-topic so it is listed as replayed, and writes an audit event. Agents are
+topic so it is listed as replayed, and writes an audit event naming the
+operator who asked, in the log of the letter's tenant. Agents are
 idempotent, so replaying a message that already succeeded restates results.
+
+A listing never carries a letter's key, value or headers, and showing one
+letter decodes its message with every bytes field replaced by its length: a
+chunk's value is file content, and operators never see file contents.
+Callers reach these functions through the gateway's operator endpoints
+(``ingest_gateway.control``), which check the permission matrix first.
 """
 
 from __future__ import annotations
@@ -12,10 +19,11 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from streams import codec, topics
+from streams import audit, codec, topics
+from streams.auth import PLATFORM_TENANT
 from streams.config import Settings
-from streams.errors import DecodeError
-from streams.events import REPLAY_OF, deterministic_id, new_id, now_ms
+from streams.errors import DecodeError, KafkaUnavailable
+from streams.events import CORRELATION_ID, REPLAY_OF, deterministic_id, new_id
 
 # The record each topic's messages hold, by the topic's last name segment.
 SCHEMA_OF_TOPIC = {
@@ -27,6 +35,22 @@ SCHEMA_OF_TOPIC = {
     "results": "FileResult",
     "audit": "AuditEvent",
 }
+
+# What a listing shows of a dead letter: where it came from and why it
+# failed, never what it carried.
+SUMMARY_FIELDS = (
+    "event_id",
+    "source_topic",
+    "partition",
+    "offset",
+    "category",
+    "error",
+    "attempts",
+    "agent",
+    "tenant",
+    "upload_id",
+    "failed_at",
+)
 
 
 def _read_all(settings: Settings, topic: str) -> list[Any]:
@@ -74,6 +98,19 @@ def _read_all(settings: Settings, topic: str) -> list[Any]:
 
 
 def list_dead_letters(settings: Settings) -> list[dict[str, Any]]:
+    """Every dead letter, once, without its payload; ``replayed`` marks replays."""
+    return [
+        {
+            **{name: letter[name] for name in SUMMARY_FIELDS},
+            "correlation_id": letter["headers"].get(CORRELATION_ID, ""),
+            "replayed": letter["replayed"],
+        }
+        for letter in _dead_letters(settings)
+    ]
+
+
+def _dead_letters(settings: Settings) -> list[dict[str, Any]]:
+    """Every dead letter, whole, once; ``replayed`` marks replays."""
     replayed = {
         m.key().decode()
         for m in _read_all(settings, settings.topic(topics.DLQ_REPLAYS))
@@ -87,6 +124,12 @@ def list_dead_letters(settings: Settings) -> list[dict[str, Any]]:
     # The same failure restated after a crash shares its event id: keep one.
     unique = {letter["event_id"]: letter for letter in letters}
     return list(unique.values())
+
+
+def show_dead_letters(settings: Settings, ids: list[str]) -> list[dict[str, Any]]:
+    """The dead letters named by ``ids``, each as :func:`describe` shows it."""
+    wanted = set(ids)
+    return [describe(d) for d in _dead_letters(settings) if d["event_id"] in wanted]
 
 
 def describe(letter: dict[str, Any]) -> dict[str, Any]:
@@ -112,14 +155,16 @@ def describe(letter: dict[str, Any]) -> dict[str, Any]:
 def replay_dead_letters(
     settings: Settings,
     *,
+    actor: str,
+    actor_tenant: str,
     ids: list[str] | None = None,
     category: str | None = None,
-    actor: str = "operator",
+    request_correlation_id: str = "",
 ) -> list[str]:
     """Replay the chosen dead letters not replayed yet; return their ids."""
     chosen = [
         letter
-        for letter in list_dead_letters(settings)
+        for letter in _dead_letters(settings)
         if not letter["replayed"]
         and (not ids or letter["event_id"] in ids)
         and (category is None or letter["category"] == category.upper())
@@ -140,29 +185,35 @@ def replay_dead_letters(
             value=letter["value"],
             headers=[(k, v.encode()) for k, v in headers.items()],
         )
+        event = audit.audit_event(
+            event_id=deterministic_id(letter["event_id"], "dlq.replayed"),
+            tenant=letter["tenant"] or PLATFORM_TENANT,
+            actor=actor,
+            action="dlq.replayed",
+            target=letter["upload_id"] or letter["event_id"],
+            outcome=audit.SUCCESS,
+            correlation_id=headers.get(CORRELATION_ID, ""),
+            detail={
+                "dead_letter": letter["event_id"],
+                "category": letter["category"],
+                "actor_tenant": actor_tenant,
+                "request_correlation_id": request_correlation_id,
+            },
+        )
         producer.produce(
             settings.topic(topics.DLQ_REPLAYS),
             key=letter["event_id"].encode(),
-            value=str(now_ms()).encode(),
+            value=str(event["occurred_at"]).encode(),
         )
-        audit = {
-            "event_id": deterministic_id(letter["event_id"], "dlq.replayed"),
-            "occurred_at": now_ms(),
-            "tenant": letter["tenant"] or "_platform",
-            "actor": actor,
-            "action": "dlq.replayed",
-            "target": letter["upload_id"] or letter["event_id"],
-            "outcome": "success",
-            "correlation_id": headers.get("correlation-id", ""),
-            "detail": {
-                "dead_letter": letter["event_id"],
-                "category": letter["category"],
-            },
-        }
         producer.produce(
             settings.topic(topics.AUDIT),
-            key=audit["tenant"].encode(),
-            value=codec.encode("AuditEvent", audit),
+            key=event["tenant"].encode(),
+            value=codec.encode("AuditEvent", event),
+            headers=[
+                ("tenant", event["tenant"].encode()),
+                (CORRELATION_ID, event["correlation_id"].encode()),
+            ],
         )
-    producer.flush(30)
+    if producer.flush(30):
+        raise KafkaUnavailable("replays were not all acknowledged by Kafka")
     return [letter["event_id"] for letter in chosen]

@@ -61,6 +61,7 @@ class Action(StrEnum):
     QUARANTINE_READ = "quarantine.read"
     QUARANTINE_RELEASE = "quarantine.release"
     QUARANTINE_DELETE = "quarantine.delete"
+    STAGING_SWEEP = "staging.sweep"
     TOPICS_READ = "topics.read"
     TOPICS_APPLY = "topics.apply"
     HEALTH_READ = "health.read"
@@ -139,6 +140,9 @@ MATRIX: Final[Mapping[Action, Rule]] = MappingProxyType(
         ),
         Action.QUARANTINE_DELETE: _rule(
             "operator", Scope.PLATFORM, "delete a quarantined file"
+        ),
+        Action.STAGING_SWEEP: _rule(
+            "operator", Scope.PLATFORM, "remove abandoned uploads' staging"
         ),
         Action.TOPICS_READ: _rule(
             "operator", Scope.PLATFORM, "list the platform's Kafka topics"
@@ -228,6 +232,13 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
     Endpoint("gateway", "GET", "/v1/uploads/{upload_id}", Action.UPLOAD_READ),
     Endpoint("gateway", "GET", "/v1/ops/dead-letters", Action.DEADLETTERS_READ),
     Endpoint(
+        "gateway",
+        "GET",
+        "/v1/ops/dead-letters/{event_id}",
+        Action.DEADLETTERS_READ,
+        "one letter, its message decoded, bytes replaced by their length",
+    ),
+    Endpoint(
         "gateway", "POST", "/v1/ops/dead-letters/replay", Action.DEADLETTERS_REPLAY
     ),
     Endpoint("gateway", "GET", "/v1/ops/quarantine", Action.QUARANTINE_READ),
@@ -243,6 +254,7 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
         "/v1/ops/quarantine/{tenant}/{upload_id}",
         Action.QUARANTINE_DELETE,
     ),
+    Endpoint("gateway", "POST", "/v1/ops/staging/sweep", Action.STAGING_SWEEP),
     Endpoint("gateway", "GET", "/v1/ops/health", Action.HEALTH_READ),
     Endpoint("gateway", "GET", "/v1/admin/tenants", Action.TENANTS_READ),
     Endpoint("gateway", "GET", "/v1/admin/keys", Action.KEYS_READ),
@@ -281,10 +293,12 @@ CLI_COMMANDS: Final[Mapping[str, Action]] = MappingProxyType(
         "status": Action.UPLOAD_READ,
         "query": Action.RESULTS_READ,
         "dlq list": Action.DEADLETTERS_READ,
+        "dlq show": Action.DEADLETTERS_READ,
         "dlq replay": Action.DEADLETTERS_REPLAY,
         "quarantine list": Action.QUARANTINE_READ,
         "quarantine release": Action.QUARANTINE_RELEASE,
         "quarantine delete": Action.QUARANTINE_DELETE,
+        "staging sweep": Action.STAGING_SWEEP,
         "topics list": Action.TOPICS_READ,
         "topics apply": Action.TOPICS_APPLY,
         "health": Action.HEALTH_READ,

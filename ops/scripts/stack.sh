@@ -3,7 +3,8 @@
 #   ops/scripts/stack.sh up|down|status [--infra-only]
 #   ops/scripts/stack.sh down NAME...   stop only these components
 # up:     Kafka and clamd, then (unless --infra-only) `sluice topics apply`
-#         and the warehouse, worker and gateway in the background.
+#         (as SLUICE_OPERATOR_TOKEN, or a development operator token) and the
+#         warehouse, worker and gateway in the background.
 #         Does not install anything: run ops/scripts/bootstrap.sh first
 #         (`make` targets do).
 # down:   apps first (gateway, worker, warehouse), then clamd, then Kafka.
@@ -74,7 +75,13 @@ up() {
     return 0
   fi
   [[ -x $SLUICE ]] || die "$SLUICE not found: run ops/scripts/bootstrap.sh (or make bootstrap)"
-  "$SLUICE" topics apply >>"$LOG_DIR/topics.log" 2>&1 ||
+  # `topics apply` needs an operator token: SLUICE_OPERATOR_TOKEN, or one the
+  # development key pair issues (embedded mode).
+  local token=${SLUICE_OPERATOR_TOKEN:-}
+  if [[ -z $token ]]; then
+    token=$("$SLUICE" token --tenant platform --role operator --subject stack.sh --ttl 300)
+  fi
+  SLUICE_TOKEN=$token "$SLUICE" topics apply >>"$LOG_DIR/topics.log" 2>&1 ||
     { tail -n 30 "$LOG_DIR/topics.log" >&2; die "sluice topics apply failed (log: $LOG_DIR/topics.log)"; }
   log "topics: applied"
   for name in "${APPS[@]}"; do
