@@ -408,7 +408,10 @@ def cmd_upload(args: argparse.Namespace) -> int:
             if item["upload_id"]:
                 out.print(f"{item['upload_id']}  {item['path']}")
             else:
-                err.print(f"[red]{item['path']}: {item['error']}")
+                status = item.get("status") or "-"
+                err.print(
+                    f"[red]upload of {item['path']} refused ({status}): {item['error']}"
+                )
     if all(r["upload_id"] for r in results):
         return EXIT_OK
     statuses = {r.get("status") for r in results if not r["upload_id"]}

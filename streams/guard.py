@@ -81,15 +81,6 @@ class Guard:
             raise self.denied(request, principal, action)
         return principal
 
-    async def authorize_any(
-        self, request: Request, actions: tuple[Action, ...]
-    ) -> Principal:
-        """The request's principal, if the matrix allows it one of ``actions``."""
-        principal = await self.authenticate(request)
-        if not any(allows(principal, action) for action in actions):
-            raise self.denied(request, principal, actions[0])
-        return principal
-
     def denied(
         self, request: Request, principal: Principal, action: Action
     ) -> PermissionDenied:

@@ -140,6 +140,9 @@ def test_readers_see_their_results_only(backend: ChdbBackend) -> None:
         (("operator",), "SELECT * FROM sluice.file_stages", Action.RESULTS_READ),
         (("operator",), "SELECT * FROM sluice.audit_log", Action.AUDIT_READ),
         (("operator",), "SELECT * FROM datasets.rival__sales", Action.DATASETS_READ),
+        (("uploader",), "SELECT * FROM datasets.acme__sales", Action.DATASETS_READ),
+        (("uploader",), "SELECT 1", Action.RESULTS_READ),
+        (("admin",), "SELECT * FROM sluice.audit_log", Action.AUDIT_READ),
         (
             ("operator",),
             "SELECT * FROM sluice.dead_letters WHERE upload_id IN "

@@ -51,14 +51,6 @@ TABLE_ACTIONS: Final[Mapping[str, Action]] = MappingProxyType(
     }
 )
 
-# The actions that let a caller use the query endpoint at all.
-QUERY_ACTIONS: Final = (
-    Action.RESULTS_READ,
-    Action.DATASETS_READ,
-    Action.AUDIT_READ,
-    Action.DEADLETTERS_READ,
-)
-
 # A dataset name starts with a letter (streams.names.safe_table_name), and
 # tenants hold no "__", so "<tenant>__<letter>..." names one tenant only.
 _DATASET_NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -139,11 +131,13 @@ def scoped_query(sql: str, grants: Grants, backend: Backend) -> str:
     sql = sql.strip().rstrip(";").strip()
     if not _READ_STATEMENT.match(sql) or ";" in sql:
         raise InvalidRequest("only one SELECT statement is allowed", reason="read-only")
-    if not grants.tables and not grants.dataset_tenants:
-        raise InvalidRequest("no tenant to read", reason="scope")
 
-    for table in readable_tables(sql, backend):
+    tables = readable_tables(sql, backend)
+    for table in tables:
         _check_table(table, grants)
+    # Reading no table at all is still querying: it needs some read grant.
+    if not tables and not grants.tables and not grants.dataset_tenants:
+        raise PermissionDenied(Action.RESULTS_READ)
 
     filters = ", ".join(
         f"{quote(f'{DATABASE}.{name}')}: {quote(_row_filter(grants, name))}"

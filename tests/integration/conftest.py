@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +76,10 @@ def tenant() -> str:
 
 @pytest.fixture(scope="session")
 def issue(settings: Settings) -> Callable[..., str]:
-    """issue(tenant, *roles) -> a development bearer token."""
+    """issue(tenant, *roles, audit_tenants=None) -> a development bearer token."""
     keys = DevKeys.load_or_create(settings.keys_dir)
 
-    def _issue(tenant: str, *roles: str) -> str:
+    def _issue(tenant: str, *roles: str, audit_tenants: list[str] | None = None) -> str:
         return keys.issue(
             tenant,
             list(roles or ("uploader", "reader")),
@@ -86,9 +87,29 @@ def issue(settings: Settings) -> Callable[..., str]:
             ttl_s=3600,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
+            audit_tenants=audit_tenants,
         )
 
     return _issue
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def run_sluice(token: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``sluice`` command line as a user would; exit code unchecked."""
+    env = {k: v for k, v in os.environ.items() if k != "SLUICE_TOKEN"}
+    if token is not None:
+        env["SLUICE_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -268,3 +289,69 @@ def sluice(*args: str, token: str | None = None) -> str:
         check=True,
     )
     return done.stdout
+
+
+ROLES = ("uploader", "reader", "auditor", "operator", "admin")
+
+
+@dataclass(frozen=True)
+class AccessWorld:
+    """One tenant with a finished CSV upload and quarantined files, and a
+    single-role token per role: what the access tests act on."""
+
+    tenant: str
+    tokens: dict[str, str]
+    upload_id: str  # data.csv: CLEAN, loaded as datasets.<tenant>__data
+    quarantined: tuple[str, ...]  # EICAR uploads, INFECTED, in quarantine
+    location: str  # the tus URL of upload_id
+
+    def auth(self, role: str) -> dict[str, str]:
+        return bearer(self.tokens[role])
+
+
+@pytest.fixture(scope="session")
+def access_world(
+    settings: Settings,
+    issue: Callable[..., str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AccessWorld:
+    from ops.demo.corpus import EICAR
+
+    tenant = f"acc{uuid.uuid4().hex[:10]}"
+    tokens = {role: issue(tenant, role) for role in ROLES}
+    folder = tmp_path_factory.mktemp("access-world")
+    files = {"data.csv": b"a,b\n1,2\n3,4\n"}
+    files |= {f"eicar-{n}.com": EICAR for n in range(4)}
+    paths = []
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        paths.append(folder / name)
+    uploaded = upload_files(
+        paths,
+        gateway_url=settings.gateway_url,
+        headers=bearer(tokens["uploader"]),
+        chunk_size=1 << 20,
+        show_progress=False,
+    )
+    ids = {Path(u["path"]).name: u["upload_id"] for u in uploaded}
+    assert all(ids.values()), uploaded
+
+    reader = WarehouseClient(
+        f"http://{settings.warehouse_listen}", bearer(tokens["reader"])
+    )
+    try:
+        results = reader.wait_for_results(list(ids.values()), timeout_s=120)
+    finally:
+        reader.close()
+    assert len(results) == len(ids), results
+    assert results[ids["data.csv"]]["dataset"] == "data"
+    quarantined = tuple(ids[f"eicar-{n}.com"] for n in range(4))
+    assert {results[u]["verdict"] for u in quarantined} == {"INFECTED"}
+
+    return AccessWorld(
+        tenant=tenant,
+        tokens=tokens,
+        upload_id=ids["data.csv"],
+        quarantined=quarantined,
+        location=f"{settings.gateway_url}/files/{ids['data.csv']}",
+    )
