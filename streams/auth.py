@@ -1,10 +1,11 @@
 """Bearer tokens: development issuance and verification against a JWKS.
 
 Every request to the gateway and warehouse carries a JWT whose claims name a
-tenant and a set of roles. :class:`TokenVerifier` checks such a token against
-a JSON Web Key Set and returns a :class:`Principal`; it is the one place
-where PyJWT's errors become :class:`AuthenticationError` with a stable
-reason code.
+tenant and a set of roles (and, for auditors, the ``audit_tenants`` they
+audit). :class:`TokenVerifier` checks such a token against a JSON Web Key
+Set and returns a :class:`Principal`; it is the one place where PyJWT's
+errors become :class:`AuthenticationError` with a stable reason code. What
+a principal may then do is :mod:`streams.permissions`' business.
 
 Where the key set comes from, in order of precedence:
 
