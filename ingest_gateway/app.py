@@ -77,13 +77,26 @@ class Gateway:
         """The caller, if their credential is valid and the matrix allows it."""
         return await self.guard.authorize(request, action)
 
-    def upload_for(self, principal: Principal, upload_id: str) -> dict[str, Any]:
+    def upload_for(
+        self, request: Request, principal: Principal, upload_id: str
+    ) -> dict[str, Any]:
         """The caller's upload; another tenant's looks exactly like a missing one."""
         state = self.states.get(upload_id)
         if state is None:
             self.states.sync()
             state = self.states.get(upload_id)
-        if state is None or state["tenant"] != principal.tenant:
+        if state is not None and state["tenant"] != principal.tenant:
+            # Audited in the owner's log, which the caller's auditors cannot
+            # read: the caller learns nothing it could not from a 404.
+            self.guard.audit_denial(
+                request,
+                principal,
+                action="access.cross_tenant",
+                target=upload_id,
+                tenant=state["tenant"],
+            )
+            raise NotFound("upload not found", reason="not-found")
+        if state is None:
             raise NotFound("upload not found", reason="not-found")
         if state["status"] == "TERMINATED":
             raise NotFound("upload was terminated", reason="terminated")
@@ -211,7 +224,7 @@ async def head(request: Request) -> Response:
     gateway = _gateway(request)
     principal = await gateway.authorize(request, Action.UPLOAD_READ)
     _require_tus(request)
-    state = gateway.upload_for(principal, request.path_params["upload_id"])
+    state = gateway.upload_for(request, principal, request.path_params["upload_id"])
 
     headers = {
         "Upload-Offset": str(state["offset"]),
@@ -242,7 +255,7 @@ async def patch(request: Request) -> Response:
         raise Locked("another request is writing this upload", reason="locked")
     gateway.busy.add(upload_id)
     try:
-        state = gateway.upload_for(principal, upload_id)
+        state = gateway.upload_for(request, principal, upload_id)
         with bound(
             upload_id=upload_id,
             correlation_id=state["correlation_id"],
@@ -350,7 +363,7 @@ async def terminate(request: Request) -> Response:
         raise Locked("another request is writing this upload", reason="locked")
     gateway.busy.add(upload_id)
     try:
-        state = gateway.upload_for(principal, upload_id)
+        state = gateway.upload_for(request, principal, upload_id)
         new_state = dict(
             state,
             status="TERMINATED",
@@ -369,7 +382,7 @@ async def upload_status(request: Request) -> Response:
     """Receipt state of an upload, for `sluice status` and clients."""
     gateway = _gateway(request)
     principal = await gateway.authorize(request, Action.UPLOAD_READ)
-    state = gateway.upload_for(principal, request.path_params["upload_id"])
+    state = gateway.upload_for(request, principal, request.path_params["upload_id"])
     return JSONResponse(
         {
             "upload_id": state["upload_id"],

@@ -11,7 +11,9 @@ handler's preamble is ``principal = await guard.authorize(request, action)``:
 - the permission matrix (:mod:`streams.permissions`) is asked, and a denial
   is audited and answers 403.
 
-Privileged actions are audited by their handlers through :meth:`Guard.record`.
+Privileged actions are audited by their handlers through :meth:`Guard.record`,
+and refusals a handler decides itself (another tenant's upload, another
+tenant's dataset table) through :meth:`Guard.audit_denial`.
 """
 
 from __future__ import annotations
@@ -82,16 +84,41 @@ class Guard:
         return principal
 
     def denied(
-        self, request: Request, principal: Principal, action: Action
+        self,
+        request: Request,
+        principal: Principal,
+        action: Action,
+        detail: Mapping[str, object] | None = None,
     ) -> PermissionDenied:
-        """Audit a denial and return the error to raise."""
-        log.info("access.denied", action=action.value, subject=principal.subject)
+        """Audit a denial by the matrix and return the error to raise."""
+        self.audit_denial(
+            request,
+            principal,
+            action="permission.denied",
+            target=action.value,
+            tenant=principal.tenant,
+            detail=detail,
+        )
+        return PermissionDenied(action)
+
+    def audit_denial(
+        self,
+        request: Request,
+        principal: Principal,
+        *,
+        action: str,
+        target: str,
+        tenant: str,
+        detail: Mapping[str, object] | None = None,
+    ) -> None:
+        """Audit a refused request of ``principal`` in ``tenant``'s log."""
+        log.info("access.denied", action=action, target=target)
         self.audit.record(
             audit.audit_event(
-                tenant=principal.tenant,
+                tenant=tenant,
                 actor=principal.subject,
-                action="permission.denied",
-                target=action.value,
+                action=action,
+                target=target,
                 outcome=audit.DENIED,
                 correlation_id=correlation_id_of(request),
                 detail={
@@ -99,10 +126,11 @@ class Guard:
                     "path": request.url.path,
                     "roles": ",".join(sorted(principal.roles)),
                     "remote": _remote(request),
+                    "actor_tenant": principal.tenant,
+                    **(detail or {}),
                 },
             )
         )
-        return PermissionDenied(action)
 
     async def record(
         self,

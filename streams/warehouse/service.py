@@ -72,6 +72,19 @@ async def query(request: Request) -> Response:
         )
     except PermissionDenied as exc:
         raise guard.denied(request, principal, exc.action) from exc
+    except InvalidRequest as exc:
+        if exc.reason == "table":
+            # Another tenant's dataset, or a table no role reads: refused
+            # without looking it up, so the audit says nothing of existence.
+            guard.audit_denial(
+                request,
+                principal,
+                action="permission.denied",
+                target="query.table",
+                tenant=principal.tenant,
+                detail={"reason": str(exc)},
+            )
+        raise
     try:
         text = await asyncio.to_thread(backend.query_text, sql, fmt)
     except DataError as exc:

@@ -144,6 +144,37 @@ def test_tus_on_another_tenants_upload_is_404_like_a_missing_one(
     assert head.headers["Upload-Offset"] == "0"
 
 
+def test_cross_tenant_attempts_are_audited_for_the_owner_only(
+    tenants: tuple[Tenant, Tenant],
+    open_upload: str,
+    gateway: httpx.Client,
+    warehouse_http: httpx.Client,
+) -> None:
+    a, b = tenants
+    upload_id = open_upload.rsplit("/", 1)[-1]
+    probe = gateway.head(
+        open_upload, headers={**TUS, **a.reader, "X-Correlation-ID": f"probe-{a.name}"}
+    )
+    assert probe.status_code == 404
+    sql = (
+        "SELECT tenant, target, actor, detail['actor_tenant'] AS from_tenant "
+        "FROM sluice.audit_log FINAL WHERE action = 'access.cross_tenant' "
+        f"AND correlation_id = 'probe-{a.name}'"
+    )
+
+    rows = eventually(lambda: _query(warehouse_http, b.auditor, sql))
+
+    assert rows == [
+        {
+            "tenant": b.name,
+            "target": upload_id,
+            "actor": f"test-{a.name}",
+            "from_tenant": a.name,
+        }
+    ]
+    assert _query(warehouse_http, a.auditor, sql) == []
+
+
 def test_gateway_receipt_of_another_tenants_upload_is_404(
     tenants: tuple[Tenant, Tenant], gateway: httpx.Client
 ) -> None:
@@ -226,6 +257,16 @@ def test_another_tenants_dataset_is_refused_like_a_missing_one(
 
     assert theirs.status_code == 400
     assert theirs.json()["error"] == "table"
+    # The refusal is in A's log, naming what was asked, not what exists.
+    refusals = eventually(
+        lambda: _query(
+            warehouse_http,
+            a.auditor,
+            "SELECT detail['reason'] AS reason FROM sluice.audit_log FINAL "
+            "WHERE target = 'query.table'",
+        )
+    )
+    assert any(f"{b.name}__sales" in r["reason"] for r in refusals)
     assert theirs.text.replace("sales", "") == nobodys.text.replace("nothing_here", "")
     assert hidden.status_code == 400
     own = _query(warehouse_http, a.reader, f"SELECT * FROM datasets.{a.name}__sales")
