@@ -251,6 +251,9 @@ async def patch(request: Request) -> Response:
         raise InvalidRequest("Upload-Offset is required", reason="offset")
     checksum = tus.parse_checksum(request.headers.get("upload-checksum"))
 
+    # Ownership before the lock: another tenant's upload is a 404, never a
+    # 423, and a stranger's request must not lock the owner out.
+    gateway.upload_for(request, principal, upload_id)
     if upload_id in gateway.busy:
         raise Locked("another request is writing this upload", reason="locked")
     gateway.busy.add(upload_id)
@@ -359,6 +362,7 @@ async def terminate(request: Request) -> Response:
     _require_tus(request)
     upload_id = request.path_params["upload_id"]
 
+    gateway.upload_for(request, principal, upload_id)  # ownership before the lock
     if upload_id in gateway.busy:
         raise Locked("another request is writing this upload", reason="locked")
     gateway.busy.add(upload_id)

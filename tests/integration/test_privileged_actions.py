@@ -20,10 +20,10 @@ import pytest
 from confluent_kafka import Producer
 
 from ops.demo.corpus import EICAR
-from streams import storage, topics
+from streams import codec, storage, topics
 from streams.client import WarehouseClient, upload_files
 from streams.config import Settings
-from streams.events import make_headers
+from streams.events import make_headers, now_ms
 from streams.storage import ObjectStore
 
 from .conftest import bearer, create_upload, eventually, sluice
@@ -216,13 +216,28 @@ def test_replays_are_audited_under_the_letters_tenant(
     gateway: httpx.Client,
     tenant: str,
 ) -> None:
-    # Poison for the assemble agent: not Avro at all, dead-lettered at once.
+    # A chunk whose tenant header disagrees with its record: dead-lettered
+    # (VALIDATION) at once, under the header's tenant.
     upload_id = uuid.uuid4().hex
+    data = b"poison"
+    chunk = {
+        "event_id": f"{upload_id}:0",
+        "tenant": f"{tenant}-elsewhere",
+        "upload_id": upload_id,
+        "offset": 0,
+        "length": len(data),
+        "upload_length": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "data": data,
+        "filename": "poison.txt",
+        "metadata": {},
+        "produced_at": now_ms(),
+    }
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     producer.produce(
         settings.topic(topics.CHUNKS),
         key=upload_id.encode(),
-        value=b"not an avro record",
+        value=codec.encode("Chunk", chunk),
         headers=make_headers(
             correlation_id=upload_id, tenant=tenant, upload_id=upload_id
         ),
@@ -235,7 +250,7 @@ def test_replays_are_audited_under_the_letters_tenant(
         return mine[0] if mine else None
 
     found = eventually(letter, timeout_s=60)
-    assert (found["tenant"], found["category"]) == (tenant, "DECODE")
+    assert (found["tenant"], found["category"]) == (tenant, "VALIDATION")
     replayed = sluice(operator, "dlq", "replay", found["event_id"], "--json")
     assert json.loads(replayed.stdout) == [found["event_id"]], replayed.stderr
 

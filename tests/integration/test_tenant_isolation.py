@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +176,46 @@ def test_cross_tenant_attempts_are_audited_for_the_owner_only(
         }
     ]
     assert _query(warehouse_http, a.auditor, sql) == []
+
+
+def test_a_busy_upload_of_another_tenant_is_404_not_423(
+    tenants: tuple[Tenant, Tenant], settings: Settings
+) -> None:
+    a, b = tenants
+    with httpx.Client(base_url=settings.gateway_url, timeout=30) as client:
+        location = create_upload(client, b.reader, 10).headers["Location"]
+    started = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield b"01234"
+        started.set()
+        time.sleep(2)  # B's PATCH holds the upload's lock meanwhile
+        yield b"56789"
+
+    def owner_patch() -> httpx.Response:
+        with httpx.Client(timeout=30) as client:
+            return client.patch(
+                location,
+                headers={
+                    **TUS,
+                    **b.reader,
+                    "Upload-Offset": "0",
+                    "Content-Type": "application/offset+octet-stream",
+                },
+                content=slow_body(),
+            )
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        owners = pool.submit(owner_patch)
+        assert started.wait(10)
+        time.sleep(0.3)
+        with httpx.Client(timeout=30) as client:
+            stranger = patch_upload(client, a.reader, location, 0, b"x")
+        owner = owners.result()
+
+    assert stranger.status_code == 404
+    assert owner.status_code == 204
+    assert owner.headers["Upload-Offset"] == "10"
 
 
 def test_gateway_receipt_of_another_tenants_upload_is_404(
