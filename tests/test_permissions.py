@@ -48,6 +48,7 @@ EXPECTED: dict[str, tuple[set[str], str]] = {
     "quarantine.read": ({"operator"}, "platform"),
     "quarantine.release": ({"operator"}, "platform"),
     "quarantine.delete": ({"operator"}, "platform"),
+    "staging.sweep": ({"operator"}, "platform"),
     "topics.read": ({"operator"}, "platform"),
     "topics.apply": ({"operator"}, "platform"),
     "health.read": ({"operator"}, "platform"),

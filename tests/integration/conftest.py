@@ -22,12 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from streams import codec
+from streams import codec, topics
 from streams.auth import DevKeys
 from streams.client import WarehouseClient, upload_files
 from streams.config import Settings, get_settings
+from streams.events import make_headers
 from streams.storage import ObjectStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,14 +77,19 @@ def tenant() -> str:
 
 @pytest.fixture(scope="session")
 def issue(settings: Settings) -> Callable[..., str]:
-    """issue(tenant, *roles, audit_tenants=None) -> a development bearer token."""
+    """issue(tenant, *roles, audit_tenants=None, subject=None) -> a dev token."""
     keys = DevKeys.load_or_create(settings.keys_dir)
 
-    def _issue(tenant: str, *roles: str, audit_tenants: list[str] | None = None) -> str:
+    def _issue(
+        tenant: str,
+        *roles: str,
+        audit_tenants: list[str] | None = None,
+        subject: str | None = None,
+    ) -> str:
         return keys.issue(
             tenant,
             list(roles or ("uploader", "reader")),
-            subject=f"test-{tenant}",
+            subject=subject or f"test-{tenant}",
             ttl_s=3600,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
@@ -304,6 +310,7 @@ class AccessWorld:
     upload_id: str  # data.csv: CLEAN, loaded as datasets.<tenant>__data
     quarantined: tuple[str, ...]  # EICAR uploads, INFECTED, in quarantine
     location: str  # the tus URL of upload_id
+    dead_letter: str  # event id of a dead letter under this tenant
 
     def auth(self, role: str) -> dict[str, str]:
         return bearer(self.tokens[role])
@@ -354,4 +361,46 @@ def access_world(
         upload_id=ids["data.csv"],
         quarantined=quarantined,
         location=f"{settings.gateway_url}/files/{ids['data.csv']}",
+        dead_letter=_dead_letter(settings, tenant, tokens["operator"]),
     )
+
+
+def _dead_letter(settings: Settings, tenant: str, operator: str) -> str:
+    """Send a chunk the pipeline must refuse; return its dead letter's id."""
+    upload_id = uuid.uuid4().hex
+    data = b"refused"
+    chunk = {
+        "event_id": f"{upload_id}:0",
+        "tenant": f"{tenant}-other",  # disagrees with the header below
+        "upload_id": upload_id,
+        "offset": 0,
+        "length": len(data),
+        "upload_length": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "data": data,
+        "filename": "refused.txt",
+        "metadata": {},
+        "produced_at": 0,
+    }
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    producer.produce(
+        settings.topic(topics.CHUNKS),
+        key=upload_id.encode(),
+        value=codec.encode("Chunk", chunk),
+        headers=make_headers(
+            correlation_id=upload_id, tenant=tenant, upload_id=upload_id
+        ),
+    )
+    assert producer.flush(30) == 0
+
+    def letter() -> str | None:
+        listed = httpx.get(
+            f"{settings.gateway_url}/v1/ops/dead-letters",
+            headers=bearer(operator),
+            timeout=60,
+        ).json()["dead_letters"]
+        found = [d["event_id"] for d in listed if d["upload_id"] == upload_id]
+        return found[0] if found else None
+
+    event_id: str = eventually(letter, timeout_s=60)
+    return event_id

@@ -91,6 +91,17 @@ COMMANDS = (
     ),
     Command("dlq list", Action.DEADLETTERS_READ, lambda s, role: ["dlq", "list"]),
     Command(
+        "dlq show",
+        Action.DEADLETTERS_READ,
+        lambda s, role: ["dlq", "show", s.world.dead_letter],
+    ),
+    Command(
+        "staging sweep",
+        Action.STAGING_SWEEP,
+        # Nothing is that old: the sweep runs for real and removes nothing.
+        lambda s, role: ["staging", "sweep", "--older-than", "1e9"],
+    ),
+    Command(
         "dlq replay",
         Action.DEADLETTERS_REPLAY,
         lambda s, role: ["dlq", "replay", "no-such-letter"],
@@ -106,8 +117,9 @@ COMMANDS = (
         lambda s, role: [
             "quarantine",
             "release",
-            s.world.tenant,
             s.world.quarantined[2],
+            "--tenant",
+            s.world.tenant,
         ],
     ),
     Command(
@@ -116,8 +128,9 @@ COMMANDS = (
         lambda s, role: [
             "quarantine",
             "delete",
-            s.world.tenant,
             s.world.quarantined[3],
+            "--tenant",
+            s.world.tenant,
         ],
     ),
     Command("topics list", Action.TOPICS_READ, lambda s, role: ["topics", "list"]),

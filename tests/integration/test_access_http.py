@@ -149,6 +149,28 @@ CASES = (
         200,
     ),
     Case(
+        "dlq-show",
+        "gateway",
+        "GET",
+        "/v1/ops/dead-letters/{event_id}",
+        Action.DEADLETTERS_READ,
+        lambda ctx, auth: ctx.gateway.get(
+            f"/v1/ops/dead-letters/{ctx.world.dead_letter}", headers=auth
+        ),
+        200,
+    ),
+    Case(
+        "staging-sweep",
+        "gateway",
+        "POST",
+        "/v1/ops/staging/sweep",
+        Action.STAGING_SWEEP,
+        lambda ctx, auth: ctx.gateway.post(
+            "/v1/ops/staging/sweep", headers=auth, json={"older_than_s": 1e9}
+        ),
+        200,
+    ),
+    Case(
         "dlq-replay",
         "gateway",
         "POST",

@@ -179,6 +179,7 @@ def _url(settings: Settings, endpoint: Endpoint) -> str:
         endpoint.path.replace("{upload_id}", "0" * 32)
         .replace("{tenant}", "victim")
         .replace("{key_id}", "0" * 16)
+        .replace("{event_id}", "sluice.chunks:0:0")
     )
     return base + path
 

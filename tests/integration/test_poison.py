@@ -21,7 +21,10 @@ def test_poison_chunks_are_dead_lettered_and_do_not_block(
     upload: Callable[[dict[str, bytes]], dict[str, str]],
     warehouse: WarehouseClient,
     tenant: str,
+    issue: Callable[..., str],
 ) -> None:
+    # Operators see dead letters through the gateway, with their own token.
+    operator = issue(tenant, "operator")
     producer = Producer(
         {"bootstrap.servers": settings.kafka_bootstrap, "partitioner": "murmur2_random"}
     )
@@ -65,7 +68,7 @@ def test_poison_chunks_are_dead_lettered_and_do_not_block(
     assert len(results) == len(files)
 
     def letters() -> list[dict[str, object]]:
-        listed = json.loads(sluice("dlq", "list", "--json"))
+        listed = json.loads(sluice("dlq", "list", "--json", token=operator))
         mine = [d for d in listed if d["tenant"] == tenant]
         return mine if len(mine) == settings.topic_partitions + 1 else []
 
@@ -75,7 +78,9 @@ def test_poison_chunks_are_dead_lettered_and_do_not_block(
     assert {d["agent"] for d in found} == {"assemble"}
 
     [bad_checksum] = [d for d in found if d["category"] == "VALIDATION"]
-    [shown] = json.loads(sluice("dlq", "show", str(bad_checksum["event_id"])))
+    [shown] = json.loads(
+        sluice("dlq", "show", str(bad_checksum["event_id"]), token=operator)
+    )
     assert "checksum" in shown["error"]
     assert shown["message"]["upload_id"] == "poison1"
     assert shown["message"]["data"] == f"<{len(data)} bytes>"

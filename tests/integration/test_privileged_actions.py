@@ -166,37 +166,60 @@ def test_quarantine_release_and_delete(
     released_id, deleted_id = _quarantine(settings, tenant, issue, tmp_path)
 
     listed = sluice(operator, "quarantine", "list", "--tenant", tenant, "--json")
-    assert json.loads(listed.stdout) == [
-        {"tenant": tenant, "upload_id": u, "size": len(EICAR)}
-        for u in sorted([released_id, deleted_id])
+    entries = json.loads(listed.stdout)
+    digest = hashlib.sha256(EICAR).hexdigest()
+    assert [(e["upload_id"], e["verdict"], e["sha256"]) for e in entries] == [
+        (u, "INFECTED", digest) for u in sorted([released_id, deleted_id])
     ]
     assert "EICAR" not in listed.stdout  # metadata only, never contents
 
-    released = sluice(operator, "quarantine", "release", tenant, released_id, "--json")
+    released = sluice(
+        operator, "quarantine", "release", released_id, "--tenant", tenant, "--json"
+    )
     assert released.returncode == 0, released.stderr
-    moved = json.loads(released.stdout)
-    digest = hashlib.sha256(EICAR).hexdigest()
-    assert moved["location"] == storage.content_key(tenant, digest)
-    assert store.digest(moved["location"]).sha256 == digest
-    assert not store.exists(storage.quarantine_key(tenant, released_id))
+    restated = json.loads(released.stdout)
+    assert restated["location"] == storage.content_key(tenant, digest)
+    # The actor is the token's subject; no command-line flag can name it.
+    assert "released from quarantine by test-ops" in restated["reason"]
+    assert "EICAR" not in released.stdout
 
-    deleted = sluice(operator, "quarantine", "delete", tenant, deleted_id)
+    deleted = sluice(operator, "quarantine", "delete", deleted_id, "--tenant", tenant)
     assert deleted.returncode == 0, deleted.stderr
     assert not store.exists(storage.quarantine_key(tenant, deleted_id))
-
-    again = sluice(operator, "quarantine", "delete", tenant, deleted_id)
+    again = sluice(operator, "quarantine", "delete", deleted_id, "--tenant", tenant)
     assert again.returncode == 1
     assert "(404)" in again.stderr
 
     rows = audit_rows(
-        settings, issue(tenant, "auditor"), "startsWith(action, 'quarantine.')", 2
+        settings, issue(tenant, "auditor"), "startsWith(action, 'quarantine.')", 3
     )
-    assert [(r["action"], r["target"]) for r in rows] == [
-        ("quarantine.released", released_id),
-        ("quarantine.deleted", deleted_id),
+    assert [(r["action"], r["target"], r["outcome"]) for r in rows] == [
+        ("quarantine.released", released_id, "success"),
+        ("quarantine.deleted", deleted_id, "success"),
+        ("quarantine.deleted", deleted_id, "not-found"),
     ]
     assert rows[0]["detail"]["sha256"] == digest
     assert {r["actor"] for r in rows} == {"test-ops"}
+    assert {r["detail"]["actor_tenant"] for r in rows} == {"ops"}
+
+    # Readers of the tenant see the restated results.
+    reader = WarehouseClient(
+        f"http://{settings.warehouse_listen}", bearer(issue(tenant))
+    )
+    try:
+        now = eventually(
+            lambda: (
+                r
+                if (r := reader.results([released_id, deleted_id]))
+                and r[deleted_id]["location"] == ""
+                and r[released_id]["location"] == restated["location"]
+                else None
+            ),
+            timeout_s=60,
+        )
+    finally:
+        reader.close()
+    assert "deleted from quarantine by test-ops" in now[deleted_id]["reason"]
 
 
 def test_dead_letter_listings_never_carry_payloads(
