@@ -171,7 +171,7 @@ def test_quarantine_release_and_delete(
     assert [(e["upload_id"], e["verdict"], e["sha256"]) for e in entries] == [
         (u, "INFECTED", digest) for u in sorted([released_id, deleted_id])
     ]
-    assert "EICAR" not in listed.stdout  # metadata only, never contents
+    assert EICAR.decode() not in listed.stdout  # metadata only, never contents
 
     released = sluice(
         operator, "quarantine", "release", released_id, "--tenant", tenant, "--json"
@@ -181,7 +181,7 @@ def test_quarantine_release_and_delete(
     assert restated["location"] == storage.content_key(tenant, digest)
     # The actor is the token's subject; no command-line flag can name it.
     assert "released from quarantine by test-ops" in restated["reason"]
-    assert "EICAR" not in released.stdout
+    assert EICAR.decode() not in released.stdout
 
     deleted = sluice(operator, "quarantine", "delete", deleted_id, "--tenant", tenant)
     assert deleted.returncode == 0, deleted.stderr
