@@ -133,7 +133,7 @@ MATRIX: Final[Mapping[Action, Rule]] = MappingProxyType(
         Action.QUARANTINE_READ: _rule(
             "operator",
             Scope.PLATFORM,
-            "list quarantined files: tenant, upload id, size, never contents",
+            "list quarantined files: metadata, never contents",
         ),
         Action.QUARANTINE_RELEASE: _rule(
             "operator", Scope.PLATFORM, "move a quarantined file to clean storage"
