@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from streams.auth import DevKeys, RemoteJwks, TokenVerifier
 from streams.config import Settings
 
-from .conftest import TUS, bearer, eventually, sluice
+from .conftest import TUS, bearer, eventually, run_sluice
 
 
 def _ports(settings: Settings) -> tuple[int, int]:
@@ -160,7 +160,7 @@ def test_jwks_serve_publishes_the_development_keys(
 
 
 def test_jwks_serve_refuses_to_listen_beyond_loopback() -> None:
-    refused = sluice(None, "jwks", "serve", "--listen", "0.0.0.0:22008")
+    refused = run_sluice(None, "jwks", "serve", "--listen", "0.0.0.0:22008")
 
     assert refused.returncode == 2
     assert "loopback" in refused.stderr

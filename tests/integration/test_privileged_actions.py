@@ -26,7 +26,7 @@ from streams.config import Settings
 from streams.events import make_headers, now_ms
 from streams.storage import ObjectStore
 
-from .conftest import bearer, create_upload, eventually, sluice
+from .conftest import bearer, create_upload, eventually, run_sluice
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_service_key_lifecycle_through_the_cli(
     gateway: httpx.Client,
     settings: Settings,
 ) -> None:
-    created = sluice(
+    created = run_sluice(
         admin, "keys", "create", "--tenant", tenant, "--role", "uploader",
         "--description", "billing feed",
     )  # fmt: skip
@@ -82,7 +82,7 @@ def test_service_key_lifecycle_through_the_cli(
 
     assert create_upload(gateway, bearer(api_key), 3).status_code == 201
 
-    rotated = sluice(admin, "keys", "rotate", key_id, "--grace", "3600", "--json")
+    rotated = run_sluice(admin, "keys", "rotate", key_id, "--grace", "3600", "--json")
     assert rotated.returncode == 0, rotated.stderr
     successor = json.loads(rotated.stdout)
     new_key, new_id = successor["api_key"], successor["key"]["key_id"]
@@ -90,19 +90,19 @@ def test_service_key_lifecycle_through_the_cli(
     for key in (api_key, new_key):  # both work during the grace period
         assert create_upload(gateway, bearer(key), 3).status_code == 201
 
-    listed = sluice(admin, "keys", "list", "--tenant", tenant, "--json")
+    listed = run_sluice(admin, "keys", "list", "--tenant", tenant, "--json")
     states = {k["key_id"]: k["state"] for k in json.loads(listed.stdout)}
     assert states == {key_id: "rotating", new_id: "active"}
     assert api_key.split("_", 2)[2] not in listed.stdout
     assert new_key.split("_", 2)[2] not in listed.stdout
 
-    revoked = sluice(admin, "keys", "revoke", new_id)
+    revoked = run_sluice(admin, "keys", "revoke", new_id)
     assert revoked.returncode == 0, revoked.stderr
     refused = create_upload(gateway, bearer(new_key), 3)
     assert refused.status_code == 401
     assert refused.json()["error"] == "key-revoked"
 
-    tenants = json.loads(sluice(admin, "tenants", "list", "--json").stdout)
+    tenants = json.loads(run_sluice(admin, "tenants", "list", "--json").stdout)
     assert {"tenant": tenant, "keys": 2, "active_keys": 1} in tenants
 
     # The tenant's auditor sees who did what to its keys, never a secret.
@@ -124,7 +124,9 @@ def test_service_key_lifecycle_through_the_cli(
 
 def test_service_keys_never_carry_platform_roles(admin: str, tenant: str) -> None:
     for role in ("operator", "admin"):
-        refused = sluice(admin, "keys", "create", "--tenant", tenant, "--role", role)
+        refused = run_sluice(
+            admin, "keys", "create", "--tenant", tenant, "--role", role
+        )
         assert refused.returncode == 1
         assert "(400)" in refused.stderr
 
@@ -165,7 +167,7 @@ def test_quarantine_release_and_delete(
 ) -> None:
     released_id, deleted_id = _quarantine(settings, tenant, issue, tmp_path)
 
-    listed = sluice(operator, "quarantine", "list", "--tenant", tenant, "--json")
+    listed = run_sluice(operator, "quarantine", "list", "--tenant", tenant, "--json")
     entries = json.loads(listed.stdout)
     digest = hashlib.sha256(EICAR).hexdigest()
     assert [(e["upload_id"], e["verdict"], e["sha256"]) for e in entries] == [
@@ -173,7 +175,7 @@ def test_quarantine_release_and_delete(
     ]
     assert EICAR.decode() not in listed.stdout  # metadata only, never contents
 
-    released = sluice(
+    released = run_sluice(
         operator, "quarantine", "release", released_id, "--tenant", tenant, "--json"
     )
     assert released.returncode == 0, released.stderr
@@ -183,10 +185,12 @@ def test_quarantine_release_and_delete(
     assert "released from quarantine by test-ops" in restated["reason"]
     assert EICAR.decode() not in released.stdout
 
-    deleted = sluice(operator, "quarantine", "delete", deleted_id, "--tenant", tenant)
+    deleted = run_sluice(
+        operator, "quarantine", "delete", deleted_id, "--tenant", tenant
+    )
     assert deleted.returncode == 0, deleted.stderr
     assert not store.exists(storage.quarantine_key(tenant, deleted_id))
-    again = sluice(operator, "quarantine", "delete", deleted_id, "--tenant", tenant)
+    again = run_sluice(operator, "quarantine", "delete", deleted_id, "--tenant", tenant)
     assert again.returncode == 1
     assert "(404)" in again.stderr
 
@@ -225,7 +229,7 @@ def test_quarantine_release_and_delete(
 def test_dead_letter_listings_never_carry_payloads(
     operator: str, settings: Settings, gateway: httpx.Client, tenant: str
 ) -> None:
-    letters = json.loads(sluice(operator, "dlq", "list", "--json").stdout)
+    letters = json.loads(run_sluice(operator, "dlq", "list", "--json").stdout)
     over_http = gateway.get("/v1/ops/dead-letters", headers=bearer(operator)).json()
 
     for letter in [*letters, *over_http["dead_letters"]]:
@@ -274,7 +278,7 @@ def test_replays_are_audited_under_the_letters_tenant(
 
     found = eventually(letter, timeout_s=60)
     assert (found["tenant"], found["category"]) == (tenant, "VALIDATION")
-    replayed = sluice(operator, "dlq", "replay", found["event_id"], "--json")
+    replayed = run_sluice(operator, "dlq", "replay", found["event_id"], "--json")
     assert json.loads(replayed.stdout) == [found["event_id"]], replayed.stderr
 
     [row] = audit_rows(settings, issue(tenant, "auditor"), "action = 'dlq.replayed'", 1)

@@ -33,7 +33,7 @@ from streams.events import make_headers, now_ms
 from streams.service_keys import ServiceKeyStore
 from streams.storage import ObjectStore
 
-from .conftest import TUS, bearer, create_upload, eventually, patch_upload, sluice
+from .conftest import TUS, bearer, create_upload, eventually, patch_upload, run_sluice
 
 CSV = b"region,amount\nnorth,10\nsouth,20\n"
 
@@ -372,9 +372,9 @@ def test_cli_status_and_query_reach_nothing_of_another_tenant(
 ) -> None:
     a, b = tenants
 
-    status = sluice(a.token, "status", b.csv, "--json")
-    query = sluice(a.token, "query", f"SELECT * FROM datasets.{b.name}__sales")
-    results = sluice(
+    status = run_sluice(a.token, "status", b.csv, "--json")
+    query = run_sluice(a.token, "query", f"SELECT * FROM datasets.{b.name}__sales")
+    results = run_sluice(
         a.token,
         "query",
         "SELECT count() AS n FROM sluice.file_results FINAL "
