@@ -176,12 +176,7 @@ def cmd_warehouse(args: argparse.Namespace) -> int:
     settings = get_settings()
     logs.configure(settings.log_level, component="warehouse")
     if args.action == "migrate":
-        from streams.warehouse.backend import ChdbBackend
-        from streams.warehouse.schema import migrate
-
-        version = migrate(ChdbBackend(settings.chdb_path))
-        out.print(f"warehouse schema at version {version}")
-        return EXIT_OK
+        return _migrate(settings)
 
     import uvicorn
 
@@ -263,6 +258,32 @@ def _audit_quickly(log: AuditLog, event: dict[str, Any]) -> None:
     # (before the first `topics apply`): wait briefly, then give up.
     log.record(event, wait_s=2)
     log.close(timeout_s=2)
+
+
+def _migrate(settings: Settings) -> int:
+    from streams.warehouse.backend import open_backend
+    from streams.warehouse.schema import migrate
+
+    if not settings.clickhouse_url:
+        # chdb admits one process per data directory: a running service
+        # owns it, and it migrated the schema when it started.
+        try:
+            health = httpx.get(f"{_warehouse_url(settings)}/healthz", timeout=3)
+            version = health.json().get("schema_version")
+        except (httpx.HTTPError, ValueError):
+            version = None
+        if version is not None:
+            out.print(
+                f"warehouse schema at version {version} (migrated by the service)"
+            )
+            return EXIT_OK
+    backend = open_backend(settings)
+    try:
+        version = migrate(backend)
+    finally:
+        backend.close()
+    out.print(f"warehouse schema at version {version}")
+    return EXIT_OK
 
 
 def cmd_topics(args: argparse.Namespace) -> int:

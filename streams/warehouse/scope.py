@@ -6,10 +6,13 @@ apart. Instead every query a caller sends is checked and wrapped here:
 1. ClickHouse's own parser (``EXPLAIN AST``) lists what the query reads.
    Each table must be granted to the caller by the permission matrix
    (:data:`TABLE_ACTIONS`): ``file_results``, ``file_stages`` and the
-   ``uploads`` view need ``results.read``; ``audit_log`` needs
-   ``audit.read``; ``dead_letters`` needs ``deadletters.read``; a dataset
-   table ``datasets.<tenant>__<name>`` needs ``datasets.read`` and the
-   caller's own tenant. Table functions (``file()``, ``url()``,
+   views over them (``uploads``, ``file_versions``, ``file_locations``,
+   ``scan_results``, ``findings``, ``daily_volume``) need
+   ``results.read``; ``audit_log`` and its trails (``audit_by_actor``,
+   ``audit_by_target``) need ``audit.read``; ``dead_letters`` needs
+   ``deadletters.read``; ``dataset_loads`` and a dataset table
+   ``datasets.<tenant>__<name>`` need ``datasets.read`` (a dataset table
+   only of the caller's own tenant). Table functions (``file()``, ``url()``,
    ``remote()`` and friends), every other database and every table no
    action names are refused.
 2. The query runs as ``SELECT * FROM (<query>)`` with ``readonly=1`` and
@@ -46,7 +49,15 @@ TABLE_ACTIONS: Final[Mapping[str, Action]] = MappingProxyType(
         "file_results": Action.RESULTS_READ,
         "file_stages": Action.RESULTS_READ,
         "uploads": Action.RESULTS_READ,
+        "file_versions": Action.RESULTS_READ,
+        "file_locations": Action.RESULTS_READ,
+        "scan_results": Action.RESULTS_READ,
+        "findings": Action.RESULTS_READ,
+        "daily_volume": Action.RESULTS_READ,
+        "dataset_loads": Action.DATASETS_READ,
         "audit_log": Action.AUDIT_READ,
+        "audit_by_actor": Action.AUDIT_READ,
+        "audit_by_target": Action.AUDIT_READ,
         "dead_letters": Action.DEADLETTERS_READ,
     }
 )

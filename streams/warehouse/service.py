@@ -1,5 +1,9 @@
 """``sluice warehouse serve``: owns the warehouse, loads it, answers queries.
 
+On start it opens the backend (chdb, or the ClickHouse server named by
+``SLUICE_CLICKHOUSE_URL``), applies the schema migrations and starts the
+loaders; ``/healthz`` answers 503 when a loader thread has died.
+
 Queries arrive over HTTP with the caller's bearer token (a JWT or a service
 key). Only single SELECT statements run, restricted to the tables the
 caller's roles grant and the rows of the tenants they reach (``scope``);
@@ -30,7 +34,7 @@ from streams.errors import (
 from streams.guard import Guard, www_authenticate
 from streams.logs import get_logger
 from streams.permissions import Action, PermissionDenied
-from streams.warehouse.backend import ChdbBackend, quote
+from streams.warehouse.backend import Backend, open_backend, quote
 from streams.warehouse.loader import Loader
 from streams.warehouse.schema import DATABASE, migrate
 from streams.warehouse.scope import grants_for, scoped_query
@@ -65,7 +69,7 @@ async def query(request: Request) -> Response:
     if fmt is None:
         raise InvalidRequest("format must be json, csv, tsv or table", reason="format")
 
-    backend: ChdbBackend = request.app.state.backend
+    backend: Backend = request.app.state.backend
     try:
         sql = await asyncio.to_thread(
             scoped_query, str(body.get("sql", "")), grants_for(principal), backend
@@ -95,7 +99,7 @@ async def query(request: Request) -> Response:
 async def upload(request: Request) -> Response:
     principal = await _guard(request).authorize(request, Action.UPLOAD_READ)
     upload_id = request.path_params["upload_id"]
-    backend: ChdbBackend = request.app.state.backend
+    backend: Backend = request.app.state.backend
     scope = f"tenant = {quote(principal.tenant)} AND upload_id = {quote(upload_id)}"
     results = await asyncio.to_thread(
         backend.query_json,
@@ -120,7 +124,13 @@ async def upload(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    loader: Loader = request.app.state.loader
+    body = {
+        "status": "ok" if loader.alive else "degraded",
+        "backend": request.app.state.backend.kind,
+        "schema_version": request.app.state.schema_version,
+    }
+    return JSONResponse(body, status_code=200 if loader.alive else 503)
 
 
 async def _client_error(request: Request, exc: Exception) -> Response:
@@ -149,13 +159,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        backend = ChdbBackend(settings.chdb_path)
+        backend = open_backend(settings)
         version = migrate(backend)
         loader = Loader(settings, backend)
         loader.start()
         app.state.backend = backend
         app.state.guard = Guard.from_settings(settings)
-        log.info("warehouse.ready", schema_version=version)
+        app.state.loader = loader
+        app.state.schema_version = version
+        log.info("warehouse.ready", schema_version=version, backend=backend.kind)
         yield
         loader.stop()
         backend.close()
