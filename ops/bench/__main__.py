@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-BENCHMARKS = ("pipeline", "tokens")
+BENCHMARKS = ("pipeline", "tokens", "warehouse_load")
 
 
 def bench_env() -> dict[str, str]:

@@ -44,6 +44,9 @@ CHDB_LOAD_SETTINGS: dict[str, str | int] = {
     "input_format_parallel_parsing": 0,
 }
 
+# Both engines render results alike whatever their version's defaults.
+SESSION_SETTINGS: dict[str, int] = {"output_format_json_quote_64bit_integers": 0}
+
 # Server error codes that mean "not now" rather than "never": memory or
 # part-count pressure, timeouts, a replica in read-only mode, shutdown.
 TRANSIENT_CODES = frozenset({159, 202, 209, 210, 236, 241, 242, 252, 319, 425})
@@ -69,7 +72,7 @@ class Backend(Protocol):
     def query_json(
         self, sql: str, settings: QuerySettings | None = None
     ) -> list[dict[str, Any]]:
-        """Rows of a query as dicts (64-bit integers arrive as strings)."""
+        """Rows of a query as dicts."""
         ...
 
     def query_text(
@@ -173,6 +176,9 @@ class ChdbBackend:
             raise WarehouseUnavailable(f"cannot open chdb at {path}: {exc}") from exc
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
+        for chdb_session in (self._session, self._load_session):
+            for key, value in SESSION_SETTINGS.items():
+                chdb_session.query(f"SET {key} = {value}")
 
     def _run(self, sql: str, fmt: str, *, load: bool = False) -> Any:
         lock, chdb_session = (
@@ -267,7 +273,10 @@ class ServerBackend:
 
         try:
             self._client = clickhouse_connect.get_client(
-                dsn=url, autogenerate_session_id=False, compress=False
+                dsn=url,
+                autogenerate_session_id=False,
+                compress=False,
+                settings=dict(SESSION_SETTINGS),
             )
         except ClickHouseError as exc:
             raise _translate(exc) from exc

@@ -159,17 +159,30 @@ def sniff(path: Path, kind: str) -> Dialect:
         return Dialect(kind, "TabSeparated", settings)
 
     settings = {"format_csv_delimiter": delimiter}
+    if delimiter == "\t":
+        # CSV parsing otherwise skips tabs as whitespace around fields.
+        settings["input_format_csv_allow_whitespace_or_tab_as_delimiter"] = 1
     if null is not None:
         settings["format_csv_null_representation"] = null
     return Dialect(kind, "CSV", settings)
 
 
-def _has_header_by_shape(sample: str) -> bool:
-    """Python's header heuristic, for files whose every column is text."""
-    try:
-        return csv.Sniffer().has_header(sample)
-    except csv.Error:
+def _looks_like_header(rows: list[list[str]]) -> bool:
+    """For all-text files: a first row of distinct names seen nowhere below.
+
+    ClickHouse tells a header by its types differing from the data's, which
+    cannot work when every column is text; a repeated value ("France" in a
+    country column) marks the first row as data.
+    """
+    if len(rows) < 2 or not rows[0]:
         return False
+    first = rows[0]
+    if len(set(first)) != len(first) or not all(v.strip() for v in first):
+        return False
+    for index, name in enumerate(first):
+        if any(len(row) > index and row[index] == name for row in rows[1:]):
+            return False
+    return True
 
 
 def infer(
@@ -185,15 +198,12 @@ def infer(
 
     generated = all(_GENERATED_NAME.match(c.name) for c in columns)
     all_text = all(_base(c.type) == "String" for c in columns)
-    sample = _head(path)
-    if generated and all_text and _has_header_by_shape(sample):
+    if generated and all_text:
         # ClickHouse cannot tell a header from data when both are text.
         delimiter = str(dialect.settings.get("format_csv_delimiter", "\t"))
-        names = _fields(sample, delimiter)
-        if names and len(names[0]) == len(columns):
-            columns = [
-                Column(n, c.type) for n, c in zip(names[0], columns, strict=True)
-            ]
+        rows = _fields(_head(path), delimiter)
+        if _looks_like_header(rows) and len(rows[0]) == len(columns):
+            columns = [Column(n, c.type) for n, c in zip(rows[0], columns, strict=True)]
             generated = False
     if generated:
         return dialect, columns
