@@ -278,3 +278,15 @@ def test_floats_survive_exactly(
         if r["bill_length_mm"]
     )
     assert math.isclose(float(rows[0]["s"]), expected, rel_tol=1e-12)
+
+
+def test_a_bad_row_past_the_sample_leaves_no_rows(
+    backend: ChdbBackend, tmp_path: Path
+) -> None:
+    path = tmp_path / "late.csv"
+    good = "".join(f"{i},{i * 2}\n" for i in range(200_000))
+    path.write_text("n,double\n" + good + "oops,never\n")
+    with pytest.raises(DatasetRejected):
+        _load(backend, path, tenant="latebad")
+    rows = backend.query_json("SELECT count() AS n FROM datasets.latebad__penguins")
+    assert rows == [{"n": 0}]

@@ -19,9 +19,10 @@ A clean CSV, TSV, JSON Lines or Parquet file is loaded in four steps:
    of an upload already recorded there loads nothing.
 
 Limits: types are inferred from the first 25,000 rows (ClickHouse's
-default), so a later value that does not fit (text in a numeric column) fails
-the load with ClickHouse's message; a missing-value token such as ``NA``
-turns that token into NULL in every column, text columns included.
+default), so a later value that does not fit (text in a numeric column)
+rejects the file with ClickHouse's message, and its rows are removed; a
+missing-value token such as ``NA`` turns that token into NULL in every
+column, text columns included.
 """
 
 from __future__ import annotations
@@ -298,6 +299,11 @@ def _rows_of(backend: Backend, table: str, upload_id: str) -> int:
     return int(backend.query_json(sql)[0]["n"])
 
 
+def _delete_rows(backend: Backend, table: str, upload_id: str) -> None:
+    if _rows_of(backend, table, upload_id):
+        backend.execute(f"DELETE FROM {table} WHERE {UPLOAD_ID} = {quote(upload_id)}")
+
+
 def loaded(backend: Backend, tenant: str, dataset: str, upload_id: str) -> bool:
     """True when this upload's rows are recorded as loaded into the dataset."""
     rows = backend.query_json(
@@ -325,16 +331,21 @@ def load(
     _apply(backend, load_plan)
 
     # An attempt that died after inserting left rows: replace, never add.
-    if _rows_of(backend, table, upload_id):
-        backend.execute(f"DELETE FROM {table} WHERE {UPLOAD_ID} = {quote(upload_id)}")
-    backend.load_file(
-        table,
-        path,
-        dialect.format,
-        load_plan.columns,
-        {UPLOAD_ID: upload_id},
-        dialect.settings,
-    )
+    _delete_rows(backend, table, upload_id)
+    try:
+        backend.load_file(
+            table,
+            path,
+            dialect.format,
+            load_plan.columns,
+            {UPLOAD_ID: upload_id},
+            dialect.settings,
+        )
+    except WarehouseRejected as exc:
+        # Blocks inserted before a bad row stay committed: take them out so
+        # a refused file leaves no rows behind.
+        _delete_rows(backend, table, upload_id)
+        raise DatasetRejected(f"cannot load {filename}: {exc}") from exc
     rows = _rows_of(backend, table, upload_id)
     record = {
         "tenant": tenant,
