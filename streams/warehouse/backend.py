@@ -280,6 +280,8 @@ class ServerBackend:
             )
         except ClickHouseError as exc:
             raise _translate(exc) from exc
+        # "http", or "chdb" when the URL is clickhouse-connect's chdb:// form.
+        self.transport = "chdb" if url.startswith("chdb:") else "http"
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         from clickhouse_connect.driver.exceptions import ClickHouseError

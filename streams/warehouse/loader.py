@@ -521,8 +521,3 @@ class Loader:
     @property
     def alive(self) -> bool:
         return self.registry.alive and self.datasets.alive
-
-
-def dataset_table(tenant: str, dataset: str) -> str:
-    """The dataset table's name inside the ``datasets`` database."""
-    return datasets.table_name(tenant, dataset)
