@@ -9,7 +9,8 @@ it, one after the other:
 - **sluice**: the warehouse's own path (``streams.warehouse.datasets.load``
   on the embedded backend), exactly what the dataset loader runs;
 - **chdb**: chdb's own ``INSERT INTO t SELECT * FROM file(...)`` of the same
-  file into a table of the same types, with chdb's default settings.
+  file into a table of the same types (the same inference and dialect),
+  with chdb's default insert settings.
 
 Printed: rows/s and MB/s of each, their ratio (sluice / chdb, measured in
 this run), and each process's memory: resident set before the load, peak
@@ -122,7 +123,12 @@ def _child(kind: str, data_dir: Path, csv_path: Path) -> dict[str, Any]:
             )
             rows = int(record["rows"])
         else:
-            columns = backend.describe_file(csv_path, "CSVWithNames")
+            # The same types and dialect as the warehouse infers, so only
+            # the way the rows travel differs.
+            kind = datasets.kind_of(csv_path.name)
+            dialect, columns = datasets.infer(
+                backend, csv_path, datasets.sniff(csv_path, kind)
+            )
             body = ", ".join(f"`{c.name}` {c.type}" for c in columns)
             backend.execute(
                 f"CREATE TABLE datasets.plain ({body}) ENGINE = MergeTree "
@@ -130,7 +136,8 @@ def _child(kind: str, data_dir: Path, csv_path: Path) -> dict[str, Any]:
             )
             backend.execute(
                 "INSERT INTO datasets.plain SELECT * FROM "
-                f"file({quote(str(csv_path))}, 'CSVWithNames')"
+                f"file({quote(str(csv_path))}, {quote(dialect.format)})",
+                dialect.settings,
             )
             rows = int(
                 backend.query_json("SELECT count() AS n FROM datasets.plain")[0]["n"]

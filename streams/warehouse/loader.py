@@ -13,8 +13,10 @@ the registry:
 
 Both are read_committed consumers that commit only after their writes, so a
 crash replays work instead of losing it, and every write is replay-safe: the
-registry inserts only event identities its table does not hold yet, and a
-dataset load already recorded is skipped. Replaying any topic from offset 0
+registry inserts only event identities its table does not hold yet (for
+results, the identity includes the event's bytes, so a restated result is a
+new version while a replayed one is nothing), and a dataset load already
+recorded is skipped. Replaying any topic from offset 0
 therefore adds no rows. Retriable failures (warehouse or storage down) rewind
 and retry the same messages; anything the warehouse refuses is dead-lettered
 (category ``WAREHOUSE``) so the partition keeps flowing.
@@ -22,6 +24,7 @@ and retry the same messages; anything the warehouse refuses is dead-lettered
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import threading
 import time
@@ -154,14 +157,28 @@ class EventTable:
     table: str
     identity: tuple[str, ...]
     to_row: Callable[[dict[str, Any]], dict[str, Any]]
+    # The event's bytes are part of its identity: a replay is skipped, a
+    # restatement of the same upload (new bytes) is a new version.
+    hashed: bool = False
 
 
-RESULTS = EventTable("FileResult", "file_results", ("tenant", "upload_id"), result_row)
+RESULTS = EventTable(
+    "FileResult",
+    "file_results",
+    ("tenant", "upload_id", "event_hash"),
+    result_row,
+    hashed=True,
+)
 STAGES = EventTable(
     "FileStage", "file_stages", ("tenant", "upload_id", "stage"), stage_row
 )
 AUDIT = EventTable("AuditEvent", "audit_log", ("tenant", "event_id"), audit_row)
 DEAD_LETTERS = EventTable("DeadLetter", "dead_letters", ("event_id",), dead_letter_row)
+
+
+def event_hash(value: bytes) -> str:
+    """A message's identity by content: the first 128 bits of its sha256."""
+    return hashlib.sha256(value).hexdigest()[:32]
 
 
 def absent(
@@ -370,8 +387,11 @@ class RegistryLoader(_Loop):
                     error=str(exc),
                 )
                 continue
+            row = table.to_row(record)
+            if table.hashed:
+                row["event_hash"] = event_hash(message.value() or b"")
             tables[table.table] = table
-            by_table.setdefault(table.table, []).append((message, table.to_row(record)))
+            by_table.setdefault(table.table, []).append((message, row))
 
         for name, pairs in by_table.items():
             self._write(tables[name], pairs)

@@ -117,8 +117,20 @@ def test_replaying_every_topic_from_offset_zero_changes_no_table(
         lambda: len(warehouse.rows("SELECT * FROM sluice.dataset_loads")) == 3,
         timeout_s=60,
     )
+    # A restated result (as a quarantine release writes) is a new version.
+    eicar = first["eicar.com"]
+    restated = warehouse.results([eicar])[eicar]
+    restated["reason"] = "released from quarantine by test"
+    record = {k: v for k, v in restated.items() if k != "event_hash"}
+    _produce(settings, record | {"event_id": eicar, "completed_at": now_ms()})
+    latest = f"SELECT reason FROM sluice.file_results FINAL WHERE upload_id = '{eicar}'"
+    eventually(
+        lambda: warehouse.rows(latest) == [{"reason": restated["reason"]}],
+        timeout_s=30,
+    )
+
     before = _snapshot(warehouse, tenant)
-    assert len(before["sluice.file_results"]) == 5
+    assert len(before["sluice.file_results"]) == 6
     assert len(before[f"datasets.{tenant}__penguins"]) == 344
 
     stack_script("stack.sh", "down", "warehouse")
@@ -138,6 +150,7 @@ def test_replaying_every_topic_from_offset_zero_changes_no_table(
     assert after.keys() == before.keys()
     for name in before:
         assert after[name] == before[name], name
+    assert warehouse.rows(latest) == [{"reason": restated["reason"]}]
 
 
 def _result(tenant: str, upload_id: str, **extra: Any) -> dict[str, Any]:
