@@ -20,6 +20,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,3 +159,55 @@ def test_penguins_load_with_stable_types(backend: Backend, corpus: Path) -> None
         f"FROM datasets.{tenant}__penguins"
     )
     assert rows == [{"n": 1032, "u": 3, "missing": 6}]
+
+
+class _Recorder:
+    """Stands in for clickhouse-connect's client, keeping what it was sent."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def raw_insert(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append((args, kwargs))
+
+
+def test_server_stream_is_one_insert_through_input(tmp_path: Path) -> None:
+    """What the server backend sends: a statement ClickHouse parses, and the
+    file's bytes in bounded blocks (no server needed to check either)."""
+    from clickhouse_connect.driver._backend.httpcommon import embed_insert_query
+
+    path = tmp_path / "big.csv"
+    path.write_bytes(b"a,b\n" + b"1,x\n" * 600_000)
+    server = object.__new__(ServerBackend)
+    recorder = _Recorder()
+    server._client = recorder  # type: ignore[assignment]
+    columns = [Column("a", "Nullable(Int64)"), Column("b", "Nullable(String)")]
+    server.load_file(
+        "datasets.`t__x`",
+        path,
+        "CSVWithNames",
+        columns,
+        {"_upload_id": "u1"},
+        {"format_csv_null_representation": "NA"},
+    )
+
+    ((args, kwargs),) = recorder.calls
+    table, column_names, blocks = args
+    body, statement = embed_insert_query(
+        table, column_names, kwargs["fmt"], None, blocks
+    )
+    assert statement == (
+        "INSERT INTO datasets.`t__x` (`a`, `b`, `_upload_id`) SELECT `a`, `b`, "
+        "'u1' FROM input('`a` Nullable(Int64), `b` Nullable(String)') "
+        "FORMAT CSVWithNames"
+    )
+    assert kwargs["settings"] == {"format_csv_null_representation": "NA"}
+    sizes = [len(block) for block in body]
+    assert max(sizes) <= 1024 * 1024 and sum(sizes) == path.stat().st_size
+
+    engine = ChdbBackend(tmp_path / "chdb")
+    try:
+        ast = engine.query_text(f"EXPLAIN AST {statement}", "TSVRaw")
+        assert "Function input" in ast
+    finally:
+        engine.close()

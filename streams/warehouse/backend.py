@@ -35,13 +35,12 @@ QuerySettings = Mapping[str, str | int | float]
 STREAM_BLOCK = 1024 * 1024
 
 # Insert settings that bound the engine's memory while loading a large file
-# in-process: blocks of 64 Ki rows (16 MiB at most) and one parsing thread.
+# in-process: blocks of 64 Ki rows (16 MiB at most) instead of 1 Mi rows.
 # They trade some speed for a flat memory profile (ops/bench measures it).
 CHDB_LOAD_SETTINGS: dict[str, str | int] = {
     "max_insert_block_size": 65536,
     "min_insert_block_size_rows": 65536,
     "min_insert_block_size_bytes": 16 * 1024 * 1024,
-    "input_format_parallel_parsing": 0,
 }
 
 # Both engines render results alike whatever their version's defaults.
