@@ -14,9 +14,9 @@ the registry:
 Both are read_committed consumers that commit only after their writes, so a
 crash replays work instead of losing it, and every write is replay-safe: the
 registry inserts only event identities its table does not hold yet (for
-results, the identity includes the event's bytes, so a restated result is a
-new version while a replayed one is nothing), and a dataset load already
-recorded is skipped. Replaying any topic from offset 0
+results, only a version newer than the newest held: a restated result lands,
+a replayed old one does not), and a dataset load already recorded is
+skipped. Replaying any topic from offset 0
 therefore adds no rows. Retriable failures (warehouse or storage down) rewind
 and retry the same messages; anything the warehouse refuses is dead-lettered
 (category ``WAREHOUSE``) so the partition keeps flowing.
@@ -24,7 +24,6 @@ and retry the same messages; anything the warehouse refuses is dead-lettered
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import threading
 import time
@@ -157,17 +156,19 @@ class EventTable:
     table: str
     identity: tuple[str, ...]
     to_row: Callable[[dict[str, Any]], dict[str, Any]]
-    # The event's bytes are part of its identity: a replay is skipped, a
-    # restatement of the same upload (new bytes) is a new version.
-    hashed: bool = False
+    # For events that can be restated (a result after a quarantine release):
+    # the column that orders versions. Only an event newer than every held
+    # version of its identity is written, so a replay never brings an old
+    # version back, whether or not the engine has merged the versions yet.
+    version: str | None = None
 
 
 RESULTS = EventTable(
     "FileResult",
     "file_results",
-    ("tenant", "upload_id", "event_hash"),
+    ("tenant", "upload_id"),
     result_row,
-    hashed=True,
+    version="completed_at",
 )
 STAGES = EventTable(
     "FileStage", "file_stages", ("tenant", "upload_id", "stage"), stage_row
@@ -176,30 +177,50 @@ AUDIT = EventTable("AuditEvent", "audit_log", ("tenant", "event_id"), audit_row)
 DEAD_LETTERS = EventTable("DeadLetter", "dead_letters", ("event_id",), dead_letter_row)
 
 
-def event_hash(value: bytes) -> str:
-    """A message's identity by content: the first 128 bits of its sha256."""
-    return hashlib.sha256(value).hexdigest()[:32]
+def _key(table: EventTable, row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(row[c]) for c in table.identity)
 
 
 def absent(
     backend: Backend, table: EventTable, rows: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """The rows whose identity the table does not hold, once each."""
-    unique: dict[tuple[str, ...], dict[str, Any]] = {}
-    for row in rows:
-        unique.setdefault(tuple(str(row[c]) for c in table.identity), row)
-    if not unique:
+    """The rows the table must still get: identities it does not hold, once
+    each, or (for versioned tables) versions newer than the newest it holds."""
+    if not rows:
         return []
+    keys = {_key(table, row) for row in rows}
     columns = ", ".join(table.identity)
-    keys = ", ".join("(" + ", ".join(quote(v) for v in key) + ")" for key in unique)
+    tuples = ", ".join("(" + ", ".join(quote(v) for v in key) + ")" for key in keys)
     left = f"({columns})" if len(table.identity) > 1 else columns
+    newest = f", max({table.version}) AS newest" if table.version else ""
     held = {
-        tuple(str(r[c]) for c in table.identity)
+        _key(table, r): str(r.get("newest", ""))
         for r in backend.query_json(
-            f"SELECT {columns} FROM {DATABASE}.{table.table} WHERE {left} IN ({keys})"
+            f"SELECT {columns}{newest} FROM {DATABASE}.{table.table} "
+            f"WHERE {left} IN ({tuples}) GROUP BY {columns}"
         )
     }
-    return [row for key, row in unique.items() if key not in held]
+
+    chosen = []
+    for row in rows:
+        key = _key(table, row)
+        if table.version is None:
+            if key in held:
+                continue
+            held[key] = ""
+        else:
+            # Fixed-width timestamps: text order is time order.
+            version = str(row[table.version])
+            if key in held and version <= held[key]:
+                continue
+            held[key] = version
+        chosen.append(row)
+    if table.version is not None:
+        # One version per identity and insert: rows of one block carry no
+        # order FINAL could rely on, so only the newest goes in.
+        newest_rows = {_key(table, row): row for row in chosen}
+        chosen = list(newest_rows.values())
+    return chosen
 
 
 class _DeadLetters:
@@ -387,11 +408,8 @@ class RegistryLoader(_Loop):
                     error=str(exc),
                 )
                 continue
-            row = table.to_row(record)
-            if table.hashed:
-                row["event_hash"] = event_hash(message.value() or b"")
             tables[table.table] = table
-            by_table.setdefault(table.table, []).append((message, row))
+            by_table.setdefault(table.table, []).append((message, table.to_row(record)))
 
         for name, pairs in by_table.items():
             self._write(tables[name], pairs)

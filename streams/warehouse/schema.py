@@ -11,9 +11,9 @@ every table.
 Event tables are ReplacingMergeTree ordered by the event's deterministic
 identity; the loader inserts only identities a table does not hold yet, and
 FINAL in every view absorbs the rare duplicate two racing loaders could add.
-A result can be restated (quarantine release or delete): ``file_results``
-keeps each distinct version, told apart by ``event_hash``, and FINAL reads
-the latest.
+A result can be restated (quarantine release or delete): the loader writes
+a version only when it is newer than the newest held, so the last inserted
+row, the one FINAL reads, is always the newest.
 """
 
 from __future__ import annotations
@@ -133,9 +133,6 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         2,
         "retention, lookup indexes, dataset loads, views for data teams and auditors",
         f"""
-        ALTER TABLE {DATABASE}.file_results
-            ADD COLUMN IF NOT EXISTS event_hash String DEFAULT '';
-
         ALTER TABLE {DATABASE}.file_stages
             MODIFY TTL toDateTime(occurred_at) + INTERVAL 90 DAY;
 

@@ -81,6 +81,7 @@ def test_replaying_every_topic_from_offset_zero_changes_no_table(
     warehouse: WarehouseClient,
     settings: Settings,
     tenant: str,
+    issue: Callable[..., str],
 ) -> None:
     build_corpus(tmp_path / "corpus")
     corpus = tmp_path / "corpus"
@@ -117,20 +118,27 @@ def test_replaying_every_topic_from_offset_zero_changes_no_table(
         lambda: len(warehouse.rows("SELECT * FROM sluice.dataset_loads")) == 3,
         timeout_s=60,
     )
-    # A restated result (as a quarantine release writes) is a new version.
-    eicar = first["eicar.com"]
-    restated = warehouse.results([eicar])[eicar]
-    restated["reason"] = "released from quarantine by test"
-    record = {k: v for k, v in restated.items() if k != "event_hash"}
-    _produce(settings, record | {"event_id": eicar, "completed_at": now_ms()})
-    latest = f"SELECT reason FROM sluice.file_results FINAL WHERE upload_id = '{eicar}'"
+    # Another tenant's result, restated as a quarantine release does: its
+    # versions may merge at any moment, so it is checked through FINAL.
+    other = f"t{uuid.uuid4().hex[:12]}"
+    restated_id = uuid.uuid4().hex
+    other_warehouse = WarehouseClient(
+        f"http://{settings.warehouse_listen}",
+        {"Authorization": f"Bearer {issue(other)}"},
+    )
+    at = now_ms()
+    _produce(settings, _result(other, restated_id, reason="infected", completed_at=at))
+    _produce(
+        settings, _result(other, restated_id, reason="released", completed_at=at + 1)
+    )
+    latest = "SELECT reason FROM sluice.file_results FINAL"
     eventually(
-        lambda: warehouse.rows(latest) == [{"reason": restated["reason"]}],
+        lambda: other_warehouse.rows(latest) == [{"reason": "released"}],
         timeout_s=30,
     )
 
     before = _snapshot(warehouse, tenant)
-    assert len(before["sluice.file_results"]) == 6
+    assert len(before["sluice.file_results"]) == 5
     assert len(before[f"datasets.{tenant}__penguins"]) == 344
 
     stack_script("stack.sh", "down", "warehouse")
@@ -150,7 +158,9 @@ def test_replaying_every_topic_from_offset_zero_changes_no_table(
     assert after.keys() == before.keys()
     for name in before:
         assert after[name] == before[name], name
-    assert warehouse.rows(latest) == [{"reason": restated["reason"]}]
+    assert other_warehouse.rows(latest) == [{"reason": "released"}]
+    assert len(other_warehouse.rows("SELECT * FROM sluice.file_results")) <= 2
+    other_warehouse.close()
 
 
 def _result(tenant: str, upload_id: str, **extra: Any) -> dict[str, Any]:
