@@ -25,11 +25,12 @@ from typing import Any
 import pytest
 
 from ops.demo.corpus import build_corpus
+from streams.auth import Principal
 from streams.errors import WarehouseRejected
 from streams.warehouse import datasets
 from streams.warehouse.backend import Backend, ChdbBackend, Column, ServerBackend
 from streams.warehouse.schema import LATEST, migrate
-from streams.warehouse.scope import scoped_query
+from streams.warehouse.scope import grants_for, scoped_query
 
 SERVER_URL = os.environ.get("CLICKHOUSE_URL", "")
 
@@ -113,7 +114,10 @@ def test_a_refused_statement_is_a_rejection(backend: Backend) -> None:
 
 
 def test_scoped_queries_run(backend: Backend) -> None:
-    sql = scoped_query("SELECT count() AS n FROM sluice.uploads", ["nobody"], backend)
+    nobody = Principal("user-nobody", "nobody", frozenset({"reader"}))
+    sql = scoped_query(
+        "SELECT count() AS n FROM sluice.uploads", grants_for(nobody), backend
+    )
     assert backend.query_json(sql) == [{"n": 0}]
 
 

@@ -62,6 +62,12 @@ def test_version_1_upgrades_and_keeps_its_rows(tmp_path: Path) -> None:
         backend.close()
 
 
+def test_every_tenant_table_is_named_in_the_permission_matrix() -> None:
+    from streams.warehouse.scope import TABLE_ACTIONS
+
+    assert set(TABLE_ACTIONS) == TENANT_TABLES
+
+
 def test_every_tenant_view_has_a_tenant_column(tmp_path: Path) -> None:
     backend = ChdbBackend(tmp_path)
     try:

@@ -31,17 +31,18 @@ LATENCY_BOUND_S = 2.0
 
 
 def _snapshot(warehouse: WarehouseClient, tenant: str) -> dict[str, list[str]]:
-    """Every row of every table and view the tenant can read, raw (no FINAL)."""
-    names = [f"sluice.{t}" for t in sorted(TENANT_TABLES)]
-    names += [
-        f"datasets.{r['name']}"
-        for r in warehouse.rows(
-            "SELECT DISTINCT table_name AS name FROM sluice.dataset_loads"
-        )
-    ]
+    """Every row of the tenant in every table and view, raw (no FINAL)."""
+    where = f"WHERE tenant = '{tenant}'"
+    queries = {
+        f"sluice.{t}": f"SELECT * FROM sluice.{t} {where}"
+        for t in sorted(TENANT_TABLES)
+    }
+    for row in warehouse.rows(
+        f"SELECT DISTINCT table_name AS name FROM sluice.dataset_loads {where}"
+    ):
+        queries[f"datasets.{row['name']}"] = f"SELECT * FROM datasets.{row['name']}"
     return {
-        name: sorted(warehouse.query(f"SELECT * FROM {name}").splitlines())
-        for name in names
+        name: sorted(warehouse.query(sql).splitlines()) for name, sql in queries.items()
     }
 
 
@@ -83,6 +84,12 @@ def test_replaying_every_topic_from_offset_zero_changes_no_table(
     tenant: str,
     issue: Callable[..., str],
 ) -> None:
+    # Reads every table: data (reader), audit (auditor), dead letters
+    # (operator, every tenant's: the snapshot filters by tenant).
+    everything = WarehouseClient(
+        f"http://{settings.warehouse_listen}",
+        {"Authorization": f"Bearer {issue(tenant, 'reader', 'auditor', 'operator')}"},
+    )
     build_corpus(tmp_path / "corpus")
     corpus = tmp_path / "corpus"
     names = [
@@ -102,7 +109,7 @@ def test_replaying_every_topic_from_offset_zero_changes_no_table(
     warehouse.wait_for_results(uploads, timeout_s=120)
 
     letters = eventually(
-        lambda: warehouse.rows(
+        lambda: everything.rows(
             "SELECT category, agent, error FROM sluice.dead_letters "
             f"WHERE upload_id = '{second['penguins.csv']}'"
         ),
@@ -137,7 +144,7 @@ def test_replaying_every_topic_from_offset_zero_changes_no_table(
         timeout_s=30,
     )
 
-    before = _snapshot(warehouse, tenant)
+    before = _snapshot(everything, tenant)
     assert len(before["sluice.file_results"]) == 5
     assert len(before[f"datasets.{tenant}__penguins"]) == 344
 
@@ -154,13 +161,14 @@ def test_replaying_every_topic_from_offset_zero_changes_no_table(
         lambda: _caught_up(settings, REGISTRY_GROUP, REGISTRY_TOPICS),
         timeout_s=180,
     )
-    after = _snapshot(warehouse, tenant)
+    after = _snapshot(everything, tenant)
     assert after.keys() == before.keys()
     for name in before:
         assert after[name] == before[name], name
     assert other_warehouse.rows(latest) == [{"reason": "released"}]
     assert len(other_warehouse.rows("SELECT * FROM sluice.file_results")) <= 2
     other_warehouse.close()
+    everything.close()
 
 
 def _result(tenant: str, upload_id: str, **extra: Any) -> dict[str, Any]:
