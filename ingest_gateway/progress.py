@@ -147,6 +147,16 @@ class ProgressHub:
                 log.debug("progress.undecodable", topic=message.topic())
                 continue
             _, kafka_ts = message.timestamp()
+            # upload-state is read by another thread and may come second:
+            # a file assembled was received, so say so first.
+            received = {
+                "upload_id": record["upload_id"],
+                "stage": "received",
+                "at": kafka_ts,
+                "kafka_ts": kafka_ts,
+                "size": record["size"],
+            }
+            self.publish(record["tenant"], received)
             self.publish(record["tenant"], stage_event(stage, record, kafka_ts))
 
     def received(self, state: dict[str, Any]) -> None:

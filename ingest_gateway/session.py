@@ -47,8 +47,6 @@ from streams.logs import get_logger
 
 log = get_logger(__name__)
 
-ACQUIRE_ATTEMPTS = 3
-
 ChunkSource = Callable[[], Iterable[dict[str, Any]]]
 Check = Callable[[dict[str, Any] | None], dict[str, Any]]
 
@@ -91,10 +89,11 @@ class Exclusive:
     ) -> None:
         self.state = state
         self._owner = owner
-        self._writer = writer
         self._me = me
         self._renewed = time.monotonic()
         self._released = False
+        self._leased = False
+        self._writer: UploadWriter | None = writer
 
     async def commit(
         self,
@@ -117,6 +116,9 @@ class Exclusive:
 
         for attempt in range(2):
             try:
+                if self._writer is None:
+                    await self._refence()
+                assert self._writer is not None
                 await asyncio.to_thread(
                     self._writer.transaction,
                     state,
@@ -125,27 +127,34 @@ class Exclusive:
                 )
                 break
             except Fenced:
+                await self._drop_writer()
                 if attempt:
                     raise Locked(
                         "another request took this upload", reason="locked"
                     ) from None
-                await self._refence()
             except KafkaUnavailable:
-                await self._replace_writer()
+                await self._drop_writer()
                 raise
         self.state = state
         owner.states.put(state)
         self._renewed = time.monotonic()
         self._released = release
+        self._leased = not release
         return state
+
+    async def _drop_writer(self) -> None:
+        if self._writer is not None:
+            await self._owner.writers.discard(self._writer)
+            self._writer = None
 
     async def _refence(self) -> None:
         """Fenced while holding the lease: fence back, and check nothing moved."""
         owner = self._owner
-        await owner.writers.discard(self._writer)
         self._writer, _ = await owner.writers.get(self.state["upload_id"])
         await asyncio.to_thread(owner.states.sync_upload, self.state["upload_id"])
         current = owner.states.get(self.state["upload_id"])
+        if current is None and not self._leased:
+            return  # a creation: nothing was there, nothing is
         if (
             current is None
             or current.get("lease_holder") != self._me
@@ -155,10 +164,6 @@ class Exclusive:
             raise Locked("another request took this upload", reason="locked")
         log.warning("lease.refenced")
 
-    async def _replace_writer(self) -> None:
-        await self._owner.writers.discard(self._writer)
-        self._writer, _ = await self._owner.writers.get(self.state["upload_id"])
-
     async def keepalive(self) -> None:
         """Renew the lease when a third of it has passed without a commit."""
         if time.monotonic() - self._renewed > self._owner.lease_s / 3:
@@ -166,13 +171,21 @@ class Exclusive:
 
     async def release(self) -> None:
         """Give the lease up (best effort: a lease lapses by itself anyway)."""
-        owner = self._owner
         try:
             if not self._released:
                 await self.commit(self.state, release=True)
-            await owner.writers.put_back(self._writer)
         except (KafkaUnavailable, Locked) as exc:
             log.warning("lease.release_failed", error=str(exc))
+        finally:
+            await self.drop()
+
+    async def drop(self) -> None:
+        """Stop using the upload: keep a healthy writer for its next request."""
+        owner = self._owner
+        try:
+            if self._writer is not None:
+                await owner.writers.put_back(self._writer)
+                self._writer = None
         finally:
             owner.busy.discard(self.state["upload_id"])
 
@@ -191,43 +204,36 @@ async def acquire(
         raise _locked(owner.lease_s)
     left = owner.held_elsewhere(owner.states.get(upload_id), me)
     if left:
-        raise _locked(left)
+        # Perhaps released already and not yet read here: look again.
+        await asyncio.to_thread(owner.states.sync_upload, upload_id)
+        left = owner.held_elsewhere(owner.states.get(upload_id), me)
+        if left:
+            raise _locked(left)
 
     owner.busy.add(upload_id)
     try:
-        for _ in range(ACQUIRE_ATTEMPTS):
-            started = time.monotonic()
-            writer, fresh = await owner.writers.get(upload_id)
-            got = time.monotonic()
-            try:
-                if fresh:
-                    await asyncio.to_thread(owner.states.sync_upload, upload_id)
-                log.debug(
-                    "lease.timing",
-                    writer_ms=round(1000 * (got - started)),
-                    sync_ms=round(1000 * (time.monotonic() - got)),
-                )
-                current = owner.states.get(upload_id)
-                base = check(current)
-                left = owner.held_elsewhere(current, me)
-                if left:
-                    raise _locked(left)
-                exclusive = Exclusive(owner, writer, base, me)
-                if current is not None:
-                    exclusive.state = current
-                await exclusive.commit(base)
-                return exclusive
-            except Locked:
-                await owner.writers.put_back(writer)
-                raise
-            except Fenced:
-                await owner.writers.discard(writer)
-            except BaseException:
-                await owner.writers.discard(writer)
-                raise
-        raise _locked(owner.lease_s)
+        writer, fresh = await owner.writers.get(upload_id)
     except BaseException:
         owner.busy.discard(upload_id)
+        raise
+    exclusive: Exclusive | None = None
+    try:
+        if fresh:
+            await asyncio.to_thread(owner.states.sync_upload, upload_id)
+        current = owner.states.get(upload_id)
+        base = check(current)
+        left = owner.held_elsewhere(current, me)
+        if left:
+            raise _locked(left)
+        exclusive = Exclusive(owner, writer, current or base, me)
+        await exclusive.commit(base)
+        return exclusive
+    except BaseException:
+        if exclusive is not None:
+            await exclusive.drop()
+        else:
+            await owner.writers.put_back(writer)
+            owner.busy.discard(upload_id)
         raise
 
 

@@ -23,6 +23,7 @@ from .conftest import (
     create_upload,
     metadata_header,
     patch_upload,
+    read_topic,
     stored_bytes,
 )
 from .gateways import GatewayProcess
@@ -122,7 +123,9 @@ def test_bad_patch_headers_are_400_415(
 ) -> None:
     location = create_upload(gateway, auth, 4).headers["Location"]
 
-    no_offset = gateway.patch(location, headers={**TUS, **auth, **OCTETS}, content=b"ab")
+    no_offset = gateway.patch(
+        location, headers={**TUS, **auth, **OCTETS}, content=b"ab"
+    )
     assert no_offset.status_code == 400
     bad_algorithm = patch_upload(
         gateway, auth, location, 0, b"ab", checksum="sha3 " + "AA=="
@@ -171,23 +174,23 @@ def test_expired_uploads_are_410_and_marked_expired(
         assert client.head(location, headers={**TUS, **auth}).status_code == 410
         assert patch_upload(client, auth, location, 5, b"67890").status_code == 410
 
-    # The sweep commits EXPIRED, and every instance then answers 410.
-    def marked() -> bool:
-        status = gateway.get(f"/v1/uploads/{upload_id}", headers=auth)
-        return status.status_code == 410
+    # Every instance answers 410, and a sweep commits EXPIRED.
+    status = gateway.get(f"/v1/uploads/{upload_id}", headers=auth)
+    assert status.status_code == 410
 
-    deadline = time.monotonic() + 20
-    while not marked():
+    def marked() -> list[dict[str, Any]]:
+        states = [
+            s
+            for s in read_topic(settings, "upload-state", "UploadState")
+            if s["upload_id"] == upload_id and s["status"] == "EXPIRED"
+        ]
+        return states
+
+    deadline = time.monotonic() + 30
+    while not (expired := marked()):
         assert time.monotonic() < deadline
-        time.sleep(0.5)
-    from .conftest import read_topic
-
-    states = [
-        s for s in read_topic(settings, "upload-state", "UploadState")
-        if s["upload_id"] == upload_id
-    ]
-    assert states[-1]["status"] == "EXPIRED"
-    assert states[-1]["offset"] == 5
+        time.sleep(1)
+    assert expired[-1]["offset"] == 5
 
 
 def test_offset_mismatch_is_409_and_a_retried_patch_changes_nothing(
@@ -220,9 +223,9 @@ def test_too_large_is_413(
     location = create_upload(gateway, auth, 4).headers["Location"]
     overrun = patch_upload(gateway, auth, location, 0, b"12345")
     assert overrun.status_code == 413
-    assert gateway.head(location, headers={**TUS, **auth}).headers[
-        "Upload-Offset"
-    ] == "0"
+    assert (
+        gateway.head(location, headers={**TUS, **auth}).headers["Upload-Offset"] == "0"
+    )
 
     limited = {"Authorization": f"Bearer {issue('tlimited')}"}
     with short_lived.client() as client:
