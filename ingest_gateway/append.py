@@ -1,11 +1,14 @@
 """Appending a request body to an upload: PATCH, and creation-with-upload.
 
-The body is written to Kafka as it arrives, one transaction per batch
-(``SLUICE_GATEWAY_BATCH_BYTES``), each holding the batch's chunks and the
-upload's new offset. While one batch commits the next one is read, so the
-client is not stalled by Kafka round trips; memory per request stays at two
-batches. A client that disconnects keeps every byte that arrived: what was
-buffered is committed before the request ends.
+The body is written to Kafka as it arrives, one transaction per batch, each
+holding the batch's chunks and the upload's new offset. While one batch
+commits the next one is read, so the client is not stalled by Kafka round
+trips. A request holds three batches of the gateway's in-flight budget (the
+one being read, the one committing and its encoded copy); batches are as
+large as ``SLUICE_GATEWAY_BATCH_BYTES`` when few requests run, and shrink
+towards one chunk as more share the budget, so memory stays bounded. A
+client that disconnects keeps every byte that arrived: what was buffered is
+committed before the request ends.
 
 With ``Upload-Checksum`` nothing may be stored unless the whole body matches,
 so the body is spooled (memory, then disk) and verified first.
@@ -84,6 +87,7 @@ class BodyWriter:
         self._settings = settings
         self._budget = budget
         self._limit = limit
+        self._batch = settings.gateway_batch_bytes
         state = exclusive.state
         self._topic = settings.topic(
             PARTIAL_CHUNKS if state.get("concat") == "PARTIAL" else CHUNKS
@@ -108,8 +112,10 @@ class BodyWriter:
         if state is not exclusive.state:
             exclusive.state = dict(exclusive.state, length=state["length"])
 
-        batch = self._settings.gateway_batch_bytes
-        with self._budget.reserve(2 * batch):
+        chunk = self._settings.chunk_bytes
+        share = self._budget.share(3 * self._settings.gateway_batch_bytes, 3 * chunk)
+        self._batch = max(chunk, share // 3 // chunk * chunk)
+        with self._budget.reserve(3 * self._batch):
             if checksum is None:
                 received = await self._stream(request, remaining)
             else:
@@ -136,7 +142,7 @@ class BodyWriter:
 
     async def _stream(self, request: Request, remaining: int) -> int:
         """Commit the body batch by batch as it arrives."""
-        batch_bytes = self._settings.gateway_batch_bytes
+        batch_bytes = self._batch
         buffer = bytearray()
         pending: asyncio.Task[None] | None = None
         received = 0
@@ -178,7 +184,7 @@ class BodyWriter:
     ) -> int:
         """Spool and verify the whole body, then commit it batch by batch."""
         hasher, expected = checksum
-        batch_bytes = self._settings.gateway_batch_bytes
+        batch_bytes = self._batch
         received = 0
         with tempfile.SpooledTemporaryFile(max_size=batch_bytes) as spool:
             try:

@@ -34,6 +34,14 @@ class Budget:
         self.max_inflight = max_inflight
         self.max_rss = max_rss
         self.inflight = 0
+        self.holders = 0
+
+    def share(self, largest: int, smallest: int) -> int:
+        """A fair part of what is left for one more holder, within bounds."""
+        left = self.max_inflight - self.inflight
+        # Leave room for the next one too, so a burst shrinks batches rather
+        # than refusing requests.
+        return max(smallest, min(largest, left // (self.holders + 2)))
 
     @contextmanager
     def reserve(self, size: int) -> Iterator[None]:
@@ -43,10 +51,12 @@ class Budget:
         if rss_bytes() > self.max_rss:
             raise Overloaded("gateway is at its memory budget", retry_after=2)
         self.inflight += size
+        self.holders += 1
         try:
             yield
         finally:
             self.inflight -= size
+            self.holders -= 1
 
 
 class TenantRates:

@@ -58,11 +58,11 @@ class Settings(BaseSettings):
     # A writer's lease on an upload; renewed while its request runs, so a
     # killed instance blocks others for at most this long.
     gateway_lease_s: float = Field(default=6.0, ge=1, le=120)
-    # Bytes per Kafka transaction of a PATCH body (a multiple of chunk_bytes
-    # is best); a killed request loses at most one batch.
-    gateway_batch_bytes: int = Field(default=4 * 1024**2, ge=1024, le=64 * 1024**2)
+    # Largest batch of a PATCH body per Kafka transaction (batches shrink
+    # as more requests share the in-flight budget).
+    gateway_batch_bytes: int = Field(default=8 * 1024**2, ge=1024, le=64 * 1024**2)
     # Budgets past which requests get 503 + Retry-After instead of queueing.
-    gateway_max_inflight_bytes: int = Field(default=160 * 1024**2, ge=1024**2)
+    gateway_max_inflight_bytes: int = Field(default=128 * 1024**2, ge=1024**2)
     gateway_max_rss_bytes: int = Field(default=600 * 1024**2, ge=64 * 1024**2)
     # Per-tenant request rate (token bucket): 429 + Retry-After past it.
     gateway_tenant_rate_per_s: float = Field(default=500.0, gt=0)
