@@ -51,7 +51,7 @@ def advanced(state: dict[str, Any], offset: int, settings: Settings) -> dict[str
     complete = state["length"] is not None and offset == state["length"]
     new["status"] = "COMPLETE" if complete else "RECEIVING"
     new["expires_at"] = (
-        None if complete else now_ms() + int(settings.gateway_upload_ttl_s * 1000)
+        None if complete else now_ms() + int(settings.upload_expiry_s * 1000)
     )
     return new
 

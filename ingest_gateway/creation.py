@@ -161,7 +161,7 @@ def new_state(
         "created_at": now,
         "updated_at": now,
         "expires_at": (
-            None if length == 0 else now + int(settings.gateway_upload_ttl_s * 1000)
+            None if length == 0 else now + int(settings.upload_expiry_s * 1000)
         ),
         "idempotency_key": creation.idempotency_key,
         "lease_holder": None,

@@ -1,6 +1,6 @@
 """Expiration (tus ``expiration``) and recovery of a predecessor's leases.
 
-An unfinished upload expires ``SLUICE_GATEWAY_UPLOAD_TTL_S`` after its last
+An unfinished upload expires ``SLUICE_UPLOAD_EXPIRY_S`` after its last
 write (``Upload-Expires`` tells the client when). From that moment every
 instance answers 410 for it, whether or not the state says so yet. Each
 instance sweeps periodically and commits ``status=EXPIRED`` (under the
@@ -13,10 +13,10 @@ What cleans what:
   retention (7 days), like every other chunk.
 - ``upload-state`` keeps the EXPIRED record (compacted, latest wins), so the
   upload keeps answering 410, not 404.
-- Parts the assemble agent staged under ``staging/{tenant}/{upload}/parts``
-  are the agents' to delete: a consumer of ``upload-state`` acting on
-  EXPIRED (and TERMINATED) records. That consumer is not part of this
-  gateway; docs/gateway.md describes the contract.
+- Parts the assemble agent staged under ``staging/{tenant}/{upload}/``
+  are the agents': the leader worker's cleanup (``agents/cleanup.py``)
+  removes staging left idle for the same ``SLUICE_UPLOAD_EXPIRY_S``, so
+  expired uploads' parts go, audited as ``upload.expired``.
 
 On start, an instance takes over leases its previous run (same instance
 name, another boot id) still held: that fences the dead run's open

@@ -1,7 +1,8 @@
 """Live progress: an upload's stage changes, to its owner, over SSE and WebSocket.
 
 Each instance tails the stage topics (``files.assembled``, ``files.scanned``,
-``files.typed``, ``files.deduplicated``, ``results``) in one thread, from
+``files.typed``, ``files.deduplicated``, each in both lanes, and
+``results``) in one thread, from
 ``SLUICE_GATEWAY_PROGRESS_LOOKBACK_S`` back, and keeps each recent upload's
 stages in memory. ``received`` comes from ``upload-state`` when an upload
 becomes complete. A subscriber first gets the stages so far, then each new
@@ -46,13 +47,17 @@ MAX_UPLOADS = 50_000
 HEARTBEAT_S = 15.0
 TERMINAL = "routed"
 
+# Each stage topic in both lanes (streams.topics.for_lane), then results.
 STAGE_TOPICS = {
-    topics.ASSEMBLED: ("FileStage", "assembled"),
-    topics.SCANNED: ("FileStage", "scanned"),
-    topics.TYPED: ("FileStage", "typed"),
-    topics.DEDUPLICATED: ("FileStage", "deduplicated"),
-    topics.RESULTS: ("FileResult", "routed"),
-}
+    topics.for_lane(name, lane): ("FileStage", stage)
+    for name, stage in (
+        (topics.ASSEMBLED, "assembled"),
+        (topics.SCANNED, "scanned"),
+        (topics.TYPED, "typed"),
+        (topics.DEDUPLICATED, "deduplicated"),
+    )
+    for lane in topics.LANES
+} | {topics.RESULTS: ("FileResult", "routed")}
 
 
 def stage_event(stage: str, record: dict[str, Any], kafka_ts: int) -> dict[str, Any]:

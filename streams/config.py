@@ -51,9 +51,8 @@ class Settings(BaseSettings):
     gateway_listen: str = "127.0.0.1:8080"
     gateway_url: str = "http://127.0.0.1:8080"
     gateway_instance: str = "gw-1"
-    # Unfinished uploads expire this long after their last write (tus
-    # expiration); expired ones answer 410 and are marked EXPIRED.
-    gateway_upload_ttl_s: float = Field(default=24 * 3600.0, gt=0)
+    # Unfinished uploads expire upload_expiry_s after their last write (tus
+    # expiration, below); expired ones answer 410 and are marked EXPIRED.
     gateway_expiry_sweep_s: float = Field(default=60.0, gt=0)
     # A writer's lease on an upload; renewed while its request runs, so a
     # killed instance blocks others for at most this long.
@@ -112,8 +111,8 @@ class Settings(BaseSettings):
     # dead-lettered, and how long a breaker stays open before a trial.
     retry_wait_max_s: float = Field(default=120.0, ge=0)
     clamd_breaker_reset_s: float = Field(default=5.0, gt=0)
-    # Abandoned uploads: staging idle this long is removed (keep equal to
-    # the gateway's upload expiry), checked this often by the leader.
+    # Abandoned uploads: the gateway expires them this long after their last
+    # write, and the leader worker removes staging idle this long.
     upload_expiry_s: float = Field(default=24 * 3600.0, gt=0)
     cleanup_interval_s: float = Field(default=300.0, gt=0)
 

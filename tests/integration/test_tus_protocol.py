@@ -37,7 +37,7 @@ def short_lived() -> Iterator[GatewayProcess]:
     process = GatewayProcess(
         2,
         "gw-short",
-        SLUICE_GATEWAY_UPLOAD_TTL_S="2",
+        SLUICE_UPLOAD_EXPIRY_S="2",
         SLUICE_GATEWAY_EXPIRY_SWEEP_S="1",
         SLUICE_GATEWAY_TENANT_MAX_BYTES='{"tlimited": 100}',
         SLUICE_GATEWAY_TENANT_RATE_PER_S="1",
