@@ -470,5 +470,11 @@ def result_of(
 
 
 def stored_bytes(store: ObjectStore, result: dict[str, Any]) -> bytes:
-    """The bytes the platform kept for a routed upload."""
-    return b"".join(store.read_blocks(result["location"]))
+    """The bytes the platform kept for a routed upload (quarantine unsealed)."""
+    location = result["location"]
+    if location.startswith("quarantine/"):
+        from streams import quarantine
+
+        key = quarantine.load_key(get_settings())
+        return b"".join(quarantine.read(store, location, key))
+    return b"".join(store.read_blocks(location))

@@ -136,7 +136,7 @@ def test_over_the_in_flight_budget_is_503_with_retry_after(
         5,
         "gw-tight",
         SLUICE_GATEWAY_BATCH_BYTES=str(1024 * 1024),
-        SLUICE_GATEWAY_MAX_INFLIGHT_BYTES=str(3 * 1024 * 1024),
+        SLUICE_GATEWAY_MAX_INFLIGHT_BYTES=str(2 * 1024 * 1024),
     ).start()
     try:
         with tight.client() as client:
