@@ -61,10 +61,13 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.replication_factor,
         broker_commit_interval=1.0,
-        # A killed worker's partitions move to the others within seconds,
-        # not after Faust's default minute of silence.
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=2.0,
+        # Static membership: a worker restarted under the same name within
+        # the session timeout takes its partitions back without a rebalance.
+        # Rebalances are where Faust acks (and so skips) events it had
+        # fetched for the old generation, so fewer of them is safer.
+        consumer_group_instance_id=settings.worker_name,
+        broker_session_timeout=30.0,
+        broker_heartbeat_interval=3.0,
         datadir=str(datadir),
         web_enabled=True,
         web_bind="127.0.0.1",

@@ -442,7 +442,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     else:
         for item in results:
             out.print(f"{item['upload_id'] or item.get('error')}  {item['path']}")
-    return 0 if all(r["upload_id"] for r in results) else 1
+    return EXIT_OK if all(r["upload_id"] for r in results) else EXIT_FAILED
 
 
 def cmd_status(args: argparse.Namespace) -> int:
