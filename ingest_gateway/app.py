@@ -6,47 +6,52 @@ caller's tenant, validate, act, record, answer. Authorising is one call,
 the action checked against the permission matrix (``streams.permissions``),
 refusals audited (``streams.guard``). Errors are raised as ``streams.errors``
 types and turned into responses in one place. The operator and admin
-endpoints live in ``ingest_gateway.control``.
+endpoints live in ``ingest_gateway.control``; the work behind the tus
+checklists beside this module: ``creation``, ``append`` (PATCH bodies),
+``concat``, ``session`` (one writer per upload), ``expiry``, ``progress``
+(SSE and WebSocket), ``limits`` and ``http`` (headers, CORS, OpenAPI).
 """
 
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
 from prometheus_client import Counter, Histogram, make_asgi_app
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 
-from ingest_gateway import control, tus
-from ingest_gateway.producer import ProducerPool, chunk_records, empty_final_chunk
+from ingest_gateway import concat, control, creation, expiry, http, progress, tus
+from ingest_gateway.append import BodyWriter
+from ingest_gateway.concat import PartialTopic
+from ingest_gateway.errors import Gone
+from ingest_gateway.limits import Budget, TenantRates, tenant_limit
+from ingest_gateway.producer import UploadWriters, final_marker
+from ingest_gateway.session import Exclusive, Writers, acquire
 from ingest_gateway.state import UploadStates
 from streams.auth import Principal
 from streams.config import Settings, get_settings
 from streams.errors import (
-    ChecksumMismatch,
     ClientError,
     Conflict,
     DependencyUnavailable,
     InvalidRequest,
-    Locked,
     NotFound,
-    PayloadTooLarge,
 )
-from streams.events import new_id, now_ms
+from streams.events import new_id
 from streams.guard import Guard, www_authenticate
 from streams.logs import bound, describe_name, get_logger
-from streams.names import InvalidFilename, validate_filename
 from streams.permissions import Action
+from streams.topics import CHUNKS
 
 log = get_logger(__name__)
+
+THREADS = 64
 
 REQUESTS = Counter(
     "sluice_gateway_requests_total",
@@ -57,8 +62,8 @@ BYTES_ACKED = Counter(
     "sluice_gateway_bytes_acknowledged_total",
     "Upload bytes acknowledged to clients after being committed to Kafka",
 )
-COMMIT_SECONDS = Histogram(
-    "sluice_gateway_commit_seconds", "Time to commit one PATCH to Kafka"
+PATCH_SECONDS = Histogram(
+    "sluice_gateway_patch_seconds", "Time to receive and commit one PATCH"
 )
 
 
@@ -68,10 +73,27 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.states = UploadStates(settings)
-        self.producers = ProducerPool(settings)
         self.guard = Guard.from_settings(settings)
-        # One mutating request per upload at a time within this instance.
-        self.busy: set[str] = set()
+        self.boot = new_id()[:12]
+        self.writers = Writers(
+            states=self.states,
+            writers=UploadWriters(settings),
+            instance=settings.gateway_instance,
+            boot=self.boot,
+            lease_s=settings.gateway_lease_s,
+        )
+        # One mutating request per upload at a time within this instance;
+        # across instances, the upload's lease (ingest_gateway.session).
+        self.busy = self.writers.busy
+        self.partials = PartialTopic(settings)
+        self.budget = Budget(
+            settings.gateway_max_inflight_bytes, settings.gateway_max_rss_bytes
+        )
+        self.rates = TenantRates(
+            settings.gateway_tenant_rate_per_s, settings.gateway_tenant_burst
+        )
+        self.progress = progress.ProgressHub(settings)
+        self.states.listeners.append(self.progress.received)
 
     async def authorize(self, request: Request, action: Action) -> Principal:
         """The caller, if their credential is valid and the matrix allows it."""
@@ -83,11 +105,37 @@ class Gateway:
         """The caller's upload; another tenant's looks exactly like a missing one."""
         state = self.states.get(upload_id)
         if state is None:
-            self.states.sync()
+            self.states.sync_upload(upload_id)
             state = self.states.get(upload_id)
+        return self.owned(request, principal, upload_id, state)
+
+    async def find_upload(
+        self, request: Request, principal: Principal, upload_id: str
+    ) -> dict[str, Any]:
+        """upload_for without blocking the event loop on a catch-up read."""
+        state = self.states.get(upload_id)
+        if state is None:
+            return await self.exact_upload(request, principal, upload_id)
+        return self.owned(request, principal, upload_id, state)
+
+    async def exact_upload(
+        self, request: Request, principal: Principal, upload_id: str
+    ) -> dict[str, Any]:
+        """The caller's upload as committed in Kafka at this moment."""
+        await asyncio.to_thread(self.states.sync_upload, upload_id)
+        return self.owned(request, principal, upload_id, self.states.get(upload_id))
+
+    def owned(
+        self,
+        request: Request,
+        principal: Principal,
+        upload_id: str,
+        state: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """visible(), with another tenant's attempt audited in the owner's log."""
         if state is not None and state["tenant"] != principal.tenant:
-            # Audited in the owner's log, which the caller's auditors cannot
-            # read: the caller learns nothing it could not from a 404.
+            # The owner's auditors see it; the caller learns nothing a 404
+            # would not tell.
             self.guard.audit_denial(
                 request,
                 principal,
@@ -95,12 +143,18 @@ class Gateway:
                 target=upload_id,
                 tenant=state["tenant"],
             )
-            raise NotFound("upload not found", reason="not-found")
-        if state is None:
-            raise NotFound("upload not found", reason="not-found")
-        if state["status"] == "TERMINATED":
-            raise NotFound("upload was terminated", reason="terminated")
-        return state
+        return visible(principal, state)
+
+
+def visible(principal: Principal, state: dict[str, Any] | None) -> dict[str, Any]:
+    """state if the caller may see it: 404 for missing or foreign, 410 expired."""
+    if state is None or state["tenant"] != principal.tenant:
+        raise NotFound("upload not found", reason="not-found")
+    if state["status"] == "TERMINATED":
+        raise NotFound("upload was terminated", reason="terminated")
+    if expiry.is_expired(state):
+        raise Gone("upload has expired", reason="expired")
+    return state
 
 
 def _gateway(request: Request) -> Gateway:
@@ -127,6 +181,13 @@ class _VersionMismatch(ClientError):
         super().__init__("Tus-Resumable must be 1.0.0", reason="tus-version")
 
 
+class _NotPatchable(ClientError):
+    status = 403
+
+    def __init__(self) -> None:
+        super().__init__("a final upload cannot be patched", reason="final-upload")
+
+
 async def options(request: Request) -> Response:
     settings = _gateway(request).settings
     return Response(
@@ -147,91 +208,127 @@ async def create(request: Request) -> Response:
     settings = gateway.settings
     principal = await gateway.authorize(request, Action.UPLOAD_CREATE)
     _require_tus(request)
+    gateway.rates.take(principal.tenant)
 
     # Validate everything before anything is written anywhere.
-    length = tus.parse_length(request.headers.get("upload-length"), "Upload-Length")
-    if length is None:
-        raise InvalidRequest("Upload-Length is required", reason="length")
-    if length > settings.max_upload_bytes:
-        raise PayloadTooLarge("upload exceeds the size limit", reason="too-large")
-    metadata = tus.parse_metadata(request.headers.get("upload-metadata"))
-    raw_name = metadata.get("filename") or metadata.get("name")
-    if not raw_name:
-        raise InvalidRequest("metadata must carry a filename", reason="filename")
-    try:
-        filename = validate_filename(raw_name)
-    except InvalidFilename as exc:
-        raise InvalidRequest(str(exc), reason=f"filename-{exc.reason}") from exc
-    metadata["filename"] = filename
-    metadata.pop("name", None)
-
-    idempotency_key = request.headers.get("idempotency-key")
-    if idempotency_key:
-        existing = gateway.states.find_by_idempotency_key(
-            principal.tenant, idempotency_key
+    asked = creation.parse(request, settings, principal)
+    parts = []
+    if asked.concat == "FINAL":
+        # Parts may have finished on another instance a moment ago.
+        for part_id in asked.parts:
+            await asyncio.to_thread(gateway.states.sync_upload, part_id)
+        parts = creation.resolve_parts(
+            asked,
+            principal,
+            {p: gateway.states.get(p) for p in asked.parts},
         )
-        if existing is not None:
-            return _created(request, existing)
+    upload_id = creation.upload_id_for(principal, asked)
+    state = creation.new_state(upload_id, asked, principal, settings, parts)
+    if asked.concat == "PARTIAL":
+        state["replay_from"] = await asyncio.to_thread(
+            gateway.partials.start_of, upload_id
+        )
 
-    correlation_id = request.headers.get("x-correlation-id") or new_id()
-    now = now_ms()
-    state: dict[str, Any] = {
-        "upload_id": new_id(),
-        "tenant": principal.tenant,
-        "owner": principal.subject,
-        "status": "CREATED",
-        "offset": 0,
-        "length": length,
-        "filename": filename,
-        "metadata": metadata,
-        "correlation_id": correlation_id,
-        "created_at": now,
-        "updated_at": now,
-        "expires_at": None,
-        "idempotency_key": idempotency_key,
-    }
-    chunks = None
-    if length == 0:
-        state["status"] = "COMPLETE"
-        chunks = iter([empty_final_chunk(state)])
+    replayed: list[bool] = []
+
+    def check(current: dict[str, Any] | None) -> dict[str, Any]:
+        if current is None:
+            return state
+        if current["tenant"] != principal.tenant:  # a derived id never collides
+            raise Conflict("upload id taken", reason="conflict")
+        creation.check_replay(current, asked)
+        replayed.append(True)
+        return current
 
     with bound(
-        upload_id=state["upload_id"],
-        correlation_id=correlation_id,
+        upload_id=upload_id,
+        correlation_id=asked.correlation_id,
         tenant=principal.tenant,
     ):
-        await gateway.producers.commit(state, chunks)
-        gateway.states.put(state)
-        log.info("upload.created", length=length, **describe_name(filename))
-    return _created(request, state)
+        exclusive = await acquire(gateway.writers, upload_id, new_id(), check)
+        try:
+            final = await _fill(request, gateway, exclusive, asked, parts, replayed)
+        finally:
+            await exclusive.release()
+        if not replayed:
+            log.info(
+                "upload.created",
+                length=final["length"],
+                concat=final["concat"],
+                **describe_name(final["filename"]),
+            )
+    return _created(request, final)
+
+
+async def _fill(
+    request: Request,
+    gateway: Gateway,
+    exclusive: Exclusive,
+    asked: creation.Creation,
+    parts: list[dict[str, Any]],
+    replayed: list[bool],
+) -> dict[str, Any]:
+    """After the lease: the body, the parts' copy or the empty file's marker."""
+    settings = gateway.settings
+    state = exclusive.state
+    if state["status"] == "COMPLETE":
+        if not replayed and state["concat"] != "PARTIAL":
+            marker = final_marker(state, 0)
+            return await exclusive.commit(
+                state, lambda: [marker], settings.topic(CHUNKS), release=True
+            )
+        return state
+    if state["concat"] == "FINAL":
+        if not parts:
+            parts = [p for p in map(gateway.states.get, state["parts"]) if p]
+        return await concat.copy_parts(exclusive, parts, gateway.partials, settings)
+    if asked.has_body and not replayed:
+        writer = BodyWriter(
+            exclusive,
+            settings,
+            gateway.budget,
+            tenant_limit(settings, state["tenant"]),
+        )
+        final = await writer.write(request, None, None)
+        BYTES_ACKED.inc(final["offset"])
+        return final
+    return state
 
 
 def _created(request: Request, state: dict[str, Any]) -> Response:
     location = str(request.url_for("upload", upload_id=state["upload_id"]))
-    return Response(
-        status_code=201,
-        headers=_tus_headers(
-            {
-                "Location": location,
-                "Upload-Offset": str(state["offset"]),
-                "X-Correlation-ID": state["correlation_id"],
-            }
-        ),
-    )
+    headers = {
+        "Location": location,
+        "Upload-Offset": str(state["offset"]),
+        "X-Correlation-ID": state["correlation_id"],
+    }
+    if state.get("expires_at"):
+        headers["Upload-Expires"] = tus.http_date(state["expires_at"])
+    return Response(status_code=201, headers=_tus_headers(headers))
 
 
 async def head(request: Request) -> Response:
     gateway = _gateway(request)
     principal = await gateway.authorize(request, Action.UPLOAD_READ)
     _require_tus(request)
-    state = gateway.upload_for(request, principal, request.path_params["upload_id"])
+    upload_id = request.path_params["upload_id"]
+    state = await gateway.exact_upload(request, principal, upload_id)
 
-    headers = {
-        "Upload-Offset": str(state["offset"]),
-        "Upload-Metadata": tus.encode_metadata(state["metadata"]),
-    }
+    headers = {"Upload-Metadata": tus.encode_metadata(state["metadata"])}
+    unfinished_final = state["concat"] == "FINAL" and state["status"] != "COMPLETE"
+    if not unfinished_final:
+        headers["Upload-Offset"] = str(state["offset"])
     if state["length"] is not None:
         headers["Upload-Length"] = str(state["length"])
+    else:
+        headers["Upload-Defer-Length"] = "1"
+    if state.get("expires_at"):
+        headers["Upload-Expires"] = tus.http_date(state["expires_at"])
+    if state["concat"] == "PARTIAL":
+        headers["Upload-Concat"] = "partial"
+    elif state["concat"] == "FINAL":
+        base = str(request.url_for("upload", upload_id="x"))[:-1]
+        headers["Upload-Concat"] = "final;" + " ".join(base + p for p in state["parts"])
     return Response(status_code=200, headers=_tus_headers(headers))
 
 
@@ -241,6 +338,7 @@ async def patch(request: Request) -> Response:
     principal = await gateway.authorize(request, Action.UPLOAD_WRITE)
     _require_tus(request)
     upload_id = request.path_params["upload_id"]
+    gateway.rates.take(principal.tenant)
 
     if request.headers.get("content-type") != tus.OFFSET_CONTENT_TYPE:
         raise _UnsupportedMedia()
@@ -249,102 +347,50 @@ async def patch(request: Request) -> Response:
     )
     if client_offset is None:
         raise InvalidRequest("Upload-Offset is required", reason="offset")
+    declared = tus.parse_length(request.headers.get("upload-length"), "Upload-Length")
     checksum = tus.parse_checksum(request.headers.get("upload-checksum"))
-
     # Ownership before the lock: another tenant's upload is a 404, never a
     # 423, and a stranger's request must not lock the owner out.
-    gateway.upload_for(request, principal, upload_id)
-    if upload_id in gateway.busy:
-        raise Locked("another request is writing this upload", reason="locked")
-    gateway.busy.add(upload_id)
-    try:
-        state = gateway.upload_for(request, principal, upload_id)
-        with bound(
+    state = await gateway.find_upload(request, principal, upload_id)
+    if state["concat"] == "FINAL":
+        raise _NotPatchable()
+
+    def check(current: dict[str, Any] | None) -> dict[str, Any]:
+        return visible(principal, current)
+
+    with (
+        bound(
             upload_id=upload_id,
             correlation_id=state["correlation_id"],
             tenant=state["tenant"],
-        ):
-            return await _append(
-                request, gateway, settings, state, client_offset, checksum
-            )
-    finally:
-        gateway.busy.discard(upload_id)
-
-
-async def _append(
-    request: Request,
-    gateway: Gateway,
-    settings: Settings,
-    state: dict[str, Any],
-    client_offset: int,
-    checksum: tuple[tus.Hasher, bytes] | None,
-) -> Response:
-    if client_offset != state["offset"]:
-        raise Conflict(
-            f"offset {client_offset} does not match {state['offset']}",
-            reason="offset-mismatch",
-        )
-    if state["status"] == "COMPLETE":
-        raise Conflict("upload is already complete", reason="complete")
-    remaining = state["length"] - state["offset"]
-
-    # Spool the body (memory first, then disk) so a checksum can be verified
-    # before a single byte reaches Kafka.
-    received = 0
-    interrupted = False
-    with tempfile.SpooledTemporaryFile(max_size=2 * settings.chunk_bytes) as spool:
+        ),
+        PATCH_SECONDS.time(),
+    ):
+        exclusive = await acquire(gateway.writers, upload_id, new_id(), check)
         try:
-            async for piece in request.stream():
-                received += len(piece)
-                if received > remaining:
-                    raise PayloadTooLarge(
-                        "body exceeds Upload-Length", reason="exceeds-length"
-                    )
-                if checksum is not None:
-                    checksum[0].update(piece)
-                spool.write(piece)
-        except ClientDisconnect:
-            interrupted = True
-
-        if checksum is not None:
-            if interrupted:
-                log.warning("chunk.interrupted_with_checksum", received=received)
-                return Response(status_code=400, headers=_tus_headers())
-            if checksum[0].digest() != checksum[1]:
-                raise ChecksumMismatch("checksum mismatch", reason="checksum")
-        if received == 0:
-            return Response(
-                status_code=204,
-                headers=_tus_headers({"Upload-Offset": str(state["offset"])}),
+            # The lease makes this the exact offset: nobody else can move it.
+            if client_offset != exclusive.state["offset"]:
+                raise Conflict(
+                    f"offset {client_offset} does not match "
+                    f"{exclusive.state['offset']}",
+                    reason="offset-mismatch",
+                )
+            before = exclusive.state["offset"]
+            writer = BodyWriter(
+                exclusive,
+                settings,
+                gateway.budget,
+                tenant_limit(settings, state["tenant"]),
             )
+            final = await writer.write(request, checksum, declared)
+        finally:
+            await exclusive.release()
+    BYTES_ACKED.inc(final["offset"] - before)
 
-        new_state = dict(state)
-        new_state["offset"] = state["offset"] + received
-        new_state["status"] = (
-            "COMPLETE" if new_state["offset"] == state["length"] else "RECEIVING"
-        )
-        new_state["updated_at"] = max(now_ms(), state["updated_at"] + 1)
-        chunks = chunk_records(
-            spool,
-            state=state,
-            start_offset=state["offset"],
-            chunk_bytes=settings.chunk_bytes,
-        )
-        with COMMIT_SECONDS.time():
-            await gateway.producers.commit(new_state, chunks)
-    gateway.states.put(new_state)
-    BYTES_ACKED.inc(received)
-    log.info(
-        "chunk.committed",
-        offset=new_state["offset"],
-        received=received,
-        complete=new_state["status"] == "COMPLETE",
-        interrupted=interrupted,
-    )
-    return Response(
-        status_code=204,
-        headers=_tus_headers({"Upload-Offset": str(new_state["offset"])}),
-    )
+    headers = {"Upload-Offset": str(final["offset"])}
+    if final.get("expires_at"):
+        headers["Upload-Expires"] = tus.http_date(final["expires_at"])
+    return Response(status_code=204, headers=_tus_headers(headers))
 
 
 class _UnsupportedMedia(ClientError):
@@ -362,23 +408,21 @@ async def terminate(request: Request) -> Response:
     _require_tus(request)
     upload_id = request.path_params["upload_id"]
 
-    gateway.upload_for(request, principal, upload_id)  # ownership before the lock
-    if upload_id in gateway.busy:
-        raise Locked("another request is writing this upload", reason="locked")
-    gateway.busy.add(upload_id)
+    await gateway.find_upload(request, principal, upload_id)  # ownership first
+
+    def check(current: dict[str, Any] | None) -> dict[str, Any]:
+        return visible(principal, current)
+
+    exclusive = await acquire(gateway.writers, upload_id, new_id(), check)
     try:
-        state = gateway.upload_for(request, principal, upload_id)
-        new_state = dict(
-            state,
-            status="TERMINATED",
-            updated_at=max(now_ms(), state["updated_at"] + 1),
+        state = exclusive.state
+        await exclusive.commit(
+            dict(state, status="TERMINATED", expires_at=None), release=True
         )
-        await gateway.producers.commit(new_state)
-        gateway.states.put(new_state)
-        with bound(upload_id=upload_id, correlation_id=state["correlation_id"]):
-            log.info("upload.terminated", offset=state["offset"])
     finally:
-        gateway.busy.discard(upload_id)
+        await exclusive.release()
+    with bound(upload_id=upload_id, correlation_id=state["correlation_id"]):
+        log.info("upload.terminated", offset=state["offset"])
     return Response(status_code=204, headers=_tus_headers())
 
 
@@ -386,7 +430,8 @@ async def upload_status(request: Request) -> Response:
     """Receipt state of an upload, for `sluice status` and clients."""
     gateway = _gateway(request)
     principal = await gateway.authorize(request, Action.UPLOAD_READ)
-    state = gateway.upload_for(request, principal, request.path_params["upload_id"])
+    upload_id = request.path_params["upload_id"]
+    state = await gateway.exact_upload(request, principal, upload_id)
     return JSONResponse(
         {
             "upload_id": state["upload_id"],
@@ -396,8 +441,20 @@ async def upload_status(request: Request) -> Response:
             "length": state["length"],
             "filename": state["filename"],
             "correlation_id": state["correlation_id"],
+            "concat": state["concat"],
+            "source": state["source"],
+            "expires_at": state.get("expires_at"),
         }
     )
+
+
+async def upload_events(request: Request) -> Response:
+    """Stage changes of an upload as Server-Sent Events."""
+    gateway = _gateway(request)
+    principal = await gateway.authorize(request, Action.UPLOAD_READ)
+    upload_id = request.path_params["upload_id"]
+    state = gateway.progress.authorise(principal, upload_id, gateway.states)
+    return progress.sse_response(gateway.progress, state)
 
 
 async def healthz(request: Request) -> Response:
@@ -422,6 +479,9 @@ async def _client_error(request: Request, exc: Exception) -> Response:
     headers = _tus_headers()
     if exc.status == 401:
         headers["WWW-Authenticate"] = www_authenticate(exc.reason)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return JSONResponse(
         {"error": exc.reason, "message": str(exc)},
         status_code=exc.status,
@@ -432,10 +492,11 @@ async def _client_error(request: Request, exc: Exception) -> Response:
 async def _unavailable(request: Request, exc: Exception) -> Response:
     REQUESTS.labels(request.method, "503").inc()
     log.warning("request.unavailable", method=request.method, error=str(exc))
+    retry_after = getattr(exc, "retry_after", 5)
     return JSONResponse(
-        {"error": "unavailable", "message": "a dependency is unavailable"},
+        {"error": "unavailable", "message": str(exc) or "a dependency is unavailable"},
         status_code=503,
-        headers=_tus_headers({"Retry-After": "5"}),
+        headers=_tus_headers({"Retry-After": str(retry_after)}),
     )
 
 
@@ -445,11 +506,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Kafka calls block in threads: enough of them for every request
+        # that may be committing at once.
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(THREADS, "gateway"))
         await asyncio.to_thread(gateway.states.start)
-        await gateway.producers.start()
-        log.info("gateway.ready", instance=settings.gateway_instance)
+        await asyncio.to_thread(gateway.progress.start, loop)
+        tasks = [
+            asyncio.create_task(expiry.recover(gateway.writers)),
+            asyncio.create_task(expiry.sweep_forever(gateway.writers, settings)),
+        ]
+        log.info("gateway.ready", instance=settings.gateway_instance, boot=gateway.boot)
         yield
-        await gateway.producers.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        gateway.progress.stop()
+        await gateway.writers.writers.close()
+        gateway.partials.close()
         gateway.states.stop()
         gateway.guard.close()
 
@@ -461,7 +535,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/files/{upload_id}", patch, methods=["PATCH"]),
         Route("/files/{upload_id}", terminate, methods=["DELETE"]),
         Route("/v1/uploads/{upload_id}", upload_status, methods=["GET"]),
+        Route("/v1/uploads/{upload_id}/events", upload_events, methods=["GET"]),
+        WebSocketRoute("/v1/uploads/{upload_id}/ws", progress.websocket_endpoint),
         *control.routes(),
+        Route("/openapi.json", http.openapi, methods=["GET"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Mount("/metrics", app=make_asgi_app()),
@@ -469,15 +546,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[
-            Middleware(
-                CORSMiddleware,
-                allow_origins=[],
-                allow_methods=["POST", "HEAD", "PATCH", "DELETE", "OPTIONS"],
-                allow_headers=["*"],
-                expose_headers=[h.strip() for h in tus.EXPOSED_HEADERS.split(",")],
-            )
-        ],
+        middleware=http.middleware(settings),
         exception_handlers={
             ClientError: _client_error,
             DependencyUnavailable: _unavailable,

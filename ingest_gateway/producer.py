@@ -1,117 +1,134 @@
 """Transactional writes of chunk events and upload state.
 
-A PATCH's chunks and the upload's new offset are written in one Kafka
-transaction: either both become visible to read_committed readers or neither
-does. That is what makes HEAD's Upload-Offset the truth even when the gateway
-is killed between writing to Kafka and answering the client.
+Every write about an upload (its creation, each batch of a PATCH body, a
+lease, termination, expiry) is one Kafka transaction holding the chunks, if
+any, and the upload's new state: either both become visible to
+read_committed readers or neither does. That is what makes HEAD's
+Upload-Offset the truth even when the gateway is killed between writing to
+Kafka and answering the client.
 
-confluent-kafka calls block, so each transaction runs in a worker thread, on
-a producer taken from a small pool (one transaction per producer at a time).
+Each upload is written through a producer whose ``transactional.id`` names
+the upload (:class:`UploadWriters`). Initialising that id fences every
+earlier producer of it, on any instance, and aborts its open transaction, so
+after :meth:`UploadWriters.get` returns a fresh writer, no other writer can
+commit for the upload until someone initialises the id again. The lease in
+``upload_state`` (see ``ingest_gateway.session``) decides who may try.
+
+confluent-kafka calls block, so each transaction runs in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
-from typing import IO, Any
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from ingest_gateway.errors import Fenced
 from streams import codec
 from streams.config import Settings
 from streams.errors import KafkaUnavailable
 from streams.events import make_headers, now_ms
 from streams.logs import get_logger
-from streams.topics import CHUNKS, UPLOAD_STATE
+from streams.topics import UPLOAD_STATE
 
 log = get_logger(__name__)
 
-TRANSACTION_TIMEOUT_S = 30.0
+TRANSACTION_TIMEOUT_S = 15.0
+INIT_TIMEOUT_S = 10.0
+# librdkafka aborts a transaction the broker has not seen committed in time;
+# short, so a killed gateway's open transaction holds readers back briefly.
+TRANSACTION_TIMEOUT_MS = 20000
+WARM_UP_S = 0.01
+IDLE_WRITER_S = 60.0
+MAX_IDLE_WRITERS = 64
+
+_FENCING_CODES = frozenset(
+    {
+        KafkaError._FENCED,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.INVALID_PRODUCER_ID_MAPPING,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    }
+)
 
 
-class ProducerPool:
-    """A fixed set of transactional producers, each with its own id."""
+def producer_config(settings: Settings, transactional_id: str) -> dict[str, Any]:
+    """Configuration of every transactional producer the gateway creates."""
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "transactional.id": transactional_id,
+        "enable.idempotence": True,
+        "acks": "all",
+        # The Java client's key hashing, as Faust and Kafka's own tools use:
+        # one upload id maps to one partition for every client.
+        "partitioner": "murmur2_random",
+        "linger.ms": 2,
+        # Bound what one producer may hold in memory while Kafka is slow.
+        "queue.buffering.max.kbytes": 16 * 1024,
+        "message.max.bytes": 1048576,
+        "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+        "socket.connection.setup.timeout.ms": 5000,
+        # librdkafka's default backoffs make init_transactions take ~500 ms
+        # on a new connection; an upload's first request waits for it.
+        "retry.backoff.ms": 5,
+        "retry.backoff.max.ms": 200,
+        "reconnect.backoff.ms": 5,
+        "reconnect.backoff.max.ms": 1000,
+        "message.timeout.ms": TRANSACTION_TIMEOUT_MS - 1000,
+    }
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._chunks_topic = settings.topic(CHUNKS)
+
+class UploadWriter:
+    """The transactional producer of one upload."""
+
+    def __init__(self, settings: Settings, upload_id: str) -> None:
+        self.upload_id = upload_id
+        self.used_at = time.monotonic()
         self._state_topic = settings.topic(UPLOAD_STATE)
-        self._idle: asyncio.Queue[Producer] = asyncio.Queue()
-        self._all: list[Producer] = []
-
-    def _make(self, index: int) -> Producer:
-        settings = self._settings
-        return Producer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "transactional.id": (
-                    f"sluice-gateway-{settings.gateway_instance}-{index}"
-                ),
-                "enable.idempotence": True,
-                "acks": "all",
-                # The Java client's key hashing, as Faust and Kafka's own tools
-                # use: one upload id maps to one partition for every client.
-                "partitioner": "murmur2_random",
-                "linger.ms": 5,
-                # Bound what one producer may hold in memory while Kafka is slow.
-                "queue.buffering.max.kbytes": 32 * 1024,
-                "message.max.bytes": 1048576,
-                "transaction.timeout.ms": 60000,
-            }
+        self._producer = Producer(
+            producer_config(settings, f"sluice-upload-{upload_id}")
         )
 
-    async def start(self) -> None:
-        for index in range(self._settings.gateway_producers):
-            producer = self._make(index)
-            try:
-                # Fences any zombie holding this transactional id (a previous,
-                # killed run of this instance) and aborts its open transaction.
-                await asyncio.to_thread(producer.init_transactions, 30)
-            except KafkaException as exc:
-                raise KafkaUnavailable(f"cannot initialise producer: {exc}") from exc
-            self._all.append(producer)
-            self._idle.put_nowait(producer)
-
-    async def close(self) -> None:
-        for producer in self._all:
-            await asyncio.to_thread(producer.flush, 10)
-
-    async def commit(
-        self,
-        state: dict[str, Any],
-        chunks: Iterator[dict[str, Any]] | None = None,
-    ) -> None:
-        """Write chunks (if any) then the new state, atomically."""
-        producer = await self._idle.get()
+    def init(self) -> None:
+        """Fence every earlier writer of this upload; blocks."""
         try:
-            await asyncio.to_thread(self._transaction, producer, state, chunks)
-        finally:
-            self._idle.put_nowait(producer)
+            # librdkafka asks for a producer id on a 500 ms timer when the
+            # coordinator's connection is not up yet; letting the metadata
+            # request open it first makes this ~30 ms instead.
+            self._producer.list_topics(self._state_topic, timeout=INIT_TIMEOUT_S)
+            time.sleep(WARM_UP_S)
+            self._producer.init_transactions(INIT_TIMEOUT_S)
+        except KafkaException as exc:
+            raise KafkaUnavailable(f"cannot initialise writer: {exc}") from exc
 
-    def _transaction(
+    def transaction(
         self,
-        producer: Producer,
         state: dict[str, Any],
-        chunks: Iterator[dict[str, Any]] | None,
+        chunks: Iterable[dict[str, Any]] = (),
+        chunks_topic: str | None = None,
     ) -> None:
+        """Write chunks (if any) then the new state, atomically; blocks."""
         headers = make_headers(
             correlation_id=state["correlation_id"],
             tenant=state["tenant"],
             upload_id=state["upload_id"],
         )
         key = state["upload_id"].encode()
+        producer = self._producer
         try:
             producer.begin_transaction()
-            for chunk in chunks or ():
-                self._produce(
-                    producer,
-                    self._chunks_topic,
-                    key,
-                    codec.encode("Chunk", chunk),
-                    headers,
+            for chunk in chunks:
+                assert chunks_topic is not None
+                _produce(
+                    producer, chunks_topic, key, codec.encode("Chunk", chunk), headers
                 )
-            self._produce(
+            _produce(
                 producer,
                 self._state_topic,
                 key,
@@ -120,82 +137,154 @@ class ProducerPool:
             )
             producer.commit_transaction(TRANSACTION_TIMEOUT_S)
         except KafkaException as exc:
-            self._abort(producer, exc)
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and (
+                error.code() in _FENCING_CODES or error.fatal()
+            ):
+                raise Fenced(str(error)) from exc
+            _abort(producer)
             raise KafkaUnavailable(f"transaction failed: {exc}") from exc
         except BaseException:
-            self._abort(producer, None)
+            _abort(producer)
             raise
+        self.used_at = time.monotonic()
 
-    @staticmethod
-    def _produce(
-        producer: Producer,
-        topic: str,
-        key: bytes,
-        value: bytes,
-        headers: list[tuple[str, str | bytes | None]],
-    ) -> None:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, headers=headers)
-                producer.poll(0)
-                return
-            except BufferError:
-                # Local queue full: wait for deliveries instead of growing memory.
-                producer.poll(0.1)
+    def close(self) -> None:
+        self._producer.flush(1)
 
-    @staticmethod
-    def _abort(producer: Producer, cause: KafkaException | None) -> None:
-        error = cause.args[0] if cause is not None and cause.args else None
-        if isinstance(error, KafkaError) and error.fatal():
-            log.error("producer.fatal", error=str(error))
+
+def _produce(
+    producer: Producer,
+    topic: str,
+    key: bytes,
+    value: bytes,
+    headers: list[tuple[str, str | bytes | None]],
+) -> None:
+    while True:
         try:
-            producer.abort_transaction(TRANSACTION_TIMEOUT_S)
-        except KafkaException as exc:
-            log.warning("producer.abort_failed", error=str(exc))
+            producer.produce(topic, value=value, key=key, headers=headers)
+            producer.poll(0)
+            return
+        except BufferError:
+            # Local queue full: wait for deliveries instead of growing memory.
+            producer.poll(0.05)
 
 
-def chunk_records(
-    spool: IO[bytes],
+def _abort(producer: Producer) -> None:
+    try:
+        producer.abort_transaction(TRANSACTION_TIMEOUT_S)
+    except KafkaException as exc:
+        log.warning("producer.abort_failed", error=str(exc))
+
+
+class UploadWriters:
+    """Writers of the uploads this instance is serving, kept while in use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._idle: OrderedDict[str, UploadWriter] = OrderedDict()
+        self._lock = asyncio.Lock()
+
+    async def get(self, upload_id: str) -> tuple[UploadWriter, bool]:
+        """This upload's writer and whether it was just initialised (fencing)."""
+        async with self._lock:
+            writer = self._idle.pop(upload_id, None)
+        if writer is not None:
+            return writer, False
+        writer = await asyncio.to_thread(UploadWriter, self._settings, upload_id)
+        try:
+            await asyncio.to_thread(writer.init)
+        except BaseException:
+            await asyncio.to_thread(writer.close)
+            raise
+        return writer, True
+
+    async def put_back(self, writer: UploadWriter) -> None:
+        """Keep a healthy writer for the upload's next request."""
+        async with self._lock:
+            self._idle[writer.upload_id] = writer
+            self._idle.move_to_end(writer.upload_id)
+            stale = self._evictable()
+        for old in stale:
+            await asyncio.to_thread(old.close)
+
+    def _evictable(self) -> list[UploadWriter]:
+        now = time.monotonic()
+        stale = []
+        while self._idle and (
+            len(self._idle) > MAX_IDLE_WRITERS
+            or now - next(iter(self._idle.values())).used_at > IDLE_WRITER_S
+        ):
+            stale.append(self._idle.popitem(last=False)[1])
+        return stale
+
+    async def discard(self, writer: UploadWriter) -> None:
+        """Drop a fenced or failed writer; the next get initialises anew."""
+        await asyncio.to_thread(writer.close)
+
+    async def close(self) -> None:
+        async with self._lock:
+            writers = list(self._idle.values())
+            self._idle.clear()
+        for writer in writers:
+            await asyncio.to_thread(writer.close)
+
+
+def cut_chunks(
+    data: bytes,
     *,
     state: dict[str, Any],
     start_offset: int,
     chunk_bytes: int,
+    upload_length: int,
 ) -> Iterator[dict[str, Any]]:
-    """Cut a spooled PATCH body into Chunk records starting at start_offset."""
-    spool.seek(0)
+    """Chunk records of data written at start_offset.
+
+    Boundaries fall on multiples of chunk_bytes of the upload's own offsets,
+    whatever the PATCH sizes, so a retried write names the same chunks.
+    """
+    view = memoryview(data)
     offset = start_offset
+    position = 0
     produced_at = now_ms()
-    while data := spool.read(chunk_bytes):
-        yield {
-            "event_id": f"{state['upload_id']}:{offset}",
-            "tenant": state["tenant"],
-            "upload_id": state["upload_id"],
-            "offset": offset,
-            "length": len(data),
-            "upload_length": state["length"],
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "data": data,
-            "filename": state["filename"],
-            "metadata": state["metadata"],
-            "source": "tus",
-            "produced_at": produced_at,
-        }
-        offset += len(data)
+    while position < len(view):
+        boundary = (offset // chunk_bytes + 1) * chunk_bytes
+        size = min(boundary - offset, len(view) - position)
+        piece = bytes(view[position : position + size])
+        yield chunk_record(state, offset, piece, upload_length, produced_at)
+        offset += size
+        position += size
 
 
-def empty_final_chunk(state: dict[str, Any]) -> dict[str, Any]:
-    """The single chunk that completes a zero-length upload."""
+def chunk_record(
+    state: dict[str, Any],
+    offset: int,
+    data: bytes,
+    upload_length: int,
+    produced_at: int | None = None,
+) -> dict[str, Any]:
+    """One Chunk event of an upload."""
     return {
-        "event_id": f"{state['upload_id']}:0",
+        "event_id": f"{state['upload_id']}:{offset}",
         "tenant": state["tenant"],
         "upload_id": state["upload_id"],
-        "offset": 0,
-        "length": 0,
-        "upload_length": 0,
-        "sha256": hashlib.sha256(b"").hexdigest(),
-        "data": b"",
+        "offset": offset,
+        "length": len(data),
+        "upload_length": upload_length,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "data": data,
         "filename": state["filename"],
         "metadata": state["metadata"],
-        "source": "tus",
-        "produced_at": now_ms(),
+        "source": state.get("source") or "tus",
+        "produced_at": produced_at or now_ms(),
     }
+
+
+def final_marker(state: dict[str, Any], length: int) -> dict[str, Any]:
+    """The empty chunk that completes an upload whose last bytes came earlier.
+
+    Used for zero-length uploads and for a deferred length declared once
+    every byte is in: the assemble agent completes a file on the chunk that
+    reaches its declared length.
+    """
+    return chunk_record(state, length, b"", length)

@@ -2,19 +2,24 @@
 
 Each instance tails ``upload-state`` (read_committed) in a background thread
 into an in-memory map. Before answering about an upload an instance calls
-:meth:`UploadStates.sync`, which waits until it has read everything committed
-so far, so a second or restarted instance reports the same offset as the one
-that wrote it.
+:meth:`UploadStates.sync_upload`, which waits until it has read everything
+committed so far on that upload's partition, so a second or restarted
+instance reports the same offset as the one that wrote it.
+
+Limits: the map holds every upload still on the compacted topic (a few
+hundred bytes each); an instance's start-up reads the whole topic.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from ingest_gateway.partitioner import partition_for
 from streams import codec
 from streams.config import Settings
 from streams.errors import KafkaUnavailable
@@ -33,6 +38,8 @@ class UploadStates:
         self._positions: dict[int, int] = {}
         self._lock = threading.Condition()
         self._stop = threading.Event()
+        # Told of every state read from Kafka, on the reading thread.
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
@@ -79,20 +86,22 @@ class UploadStates:
         # on one handle, and a position() from another thread can starve
         # behind back-to-back polls.
         while not self._stop.is_set():
-            message = self._consumer.poll(0.1)
-            if message is None:
-                self._refresh_positions()
-                continue
-            error = message.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("upload_state.poll_error", error=str(error))
-                continue
-            partition, offset = message.partition(), message.offset()
-            if partition is not None and offset is not None:
-                self._apply(partition, offset, message.value())
+            # A short wait: transaction markers move positions without a
+            # message, and sync() waits for the position, so look often
+            # (position() is local to the client, not a broker call).
+            for message in self._consumer.consume(500, 0.01):
+                error = message.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("upload_state.poll_error", error=str(error))
+                    continue
+                partition, offset = message.partition(), message.offset()
+                if partition is not None and offset is not None:
+                    self._apply(partition, offset, message.value())
+            self._refresh_positions()
 
     def _apply(self, partition: int, offset: int, value: bytes | None) -> None:
+        state = None
         with self._lock:
             self._positions[partition] = offset + 1
             if value is not None:
@@ -102,11 +111,21 @@ class UploadStates:
                 if current is None or state["updated_at"] >= current["updated_at"]:
                     self._states[state["upload_id"]] = state
             self._lock.notify_all()
+        if state is not None:
+            for listener in self.listeners:
+                listener(state)
 
-    def sync(self, timeout_s: float = 10.0) -> None:
+    def sync_upload(self, upload_id: str, timeout_s: float = 10.0) -> None:
+        """Block until this upload's partition is read up to what is committed."""
+        partition = partition_for(upload_id.encode(), len(self._partitions))
+        self.sync(timeout_s, partitions=[partition])
+
+    def sync(
+        self, timeout_s: float = 10.0, partitions: list[int] | None = None
+    ) -> None:
         """Block until every record committed before this call has been read."""
         targets: dict[int, int] = {}
-        for partition in self._partitions:
+        for partition in partitions if partitions is not None else self._partitions:
             tp = TopicPartition(self._topic, partition)
             try:
                 _, high = self._watermarks.get_watermark_offsets(
@@ -156,9 +175,8 @@ class UploadStates:
             if current is None or state["updated_at"] >= current["updated_at"]:
                 self._states[state["upload_id"]] = dict(state)
 
-    def find_by_idempotency_key(self, tenant: str, key: str) -> dict[str, Any] | None:
+    def snapshot(self) -> Iterator[dict[str, Any]]:
+        """A copy of every state, for sweeps."""
         with self._lock:
-            for state in self._states.values():
-                if state["tenant"] == tenant and state.get("idempotency_key") == key:
-                    return dict(state)
-        return None
+            states = [dict(s) for s in self._states.values()]
+        yield from states

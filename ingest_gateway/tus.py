@@ -6,12 +6,22 @@ import base64
 import binascii
 import hashlib
 import zlib
+from email.utils import formatdate
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from streams.errors import InvalidRequest
 
 TUS_VERSION = "1.0.0"
-EXTENSIONS = ("creation", "checksum", "termination")
+EXTENSIONS = (
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "expiration",
+    "checksum",
+    "termination",
+    "concatenation",
+)
 CHECKSUM_ALGORITHMS = ("sha256", "sha1", "md5", "crc32")
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 
@@ -19,6 +29,7 @@ OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 EXPOSED_HEADERS = (
     "Location, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, "
     "Tus-Checksum-Algorithm, Upload-Offset, Upload-Length, Upload-Metadata, "
+    "Upload-Expires, Upload-Concat, Upload-Defer-Length, Retry-After, "
     "X-Correlation-ID"
 )
 
@@ -101,3 +112,43 @@ def parse_length(value: str | None, name: str) -> int | None:
     if not value.isdigit():
         raise InvalidRequest(f"{name} must be a non-negative integer", reason="length")
     return int(value)
+
+
+def parse_concat(header: str | None) -> tuple[str, list[str]] | None:
+    """Upload-Concat as ("partial", []) or ("final", [upload ids]); 400 if bad.
+
+    Final uploads name their parts by URL, absolute or as a path; the upload
+    id is the URL's last path segment.
+    """
+    if header is None:
+        return None
+    value = header.strip()
+    if value == "partial":
+        return "partial", []
+    kind, _, urls = value.partition(";")
+    if kind != "final" or not urls.strip():
+        raise InvalidRequest("malformed Upload-Concat", reason="concat")
+    ids = []
+    for url in urls.split():
+        path = urlsplit(url).path.rstrip("/")
+        upload_id = path.rsplit("/", 1)[-1]
+        if not path.startswith(("/files/", "files/")) and "/files/" not in path:
+            raise InvalidRequest("Upload-Concat names a foreign URL", reason="concat")
+        if not upload_id.isalnum():
+            raise InvalidRequest("Upload-Concat names a bad upload", reason="concat")
+        ids.append(upload_id)
+    return "final", ids
+
+
+def parse_defer(header: str | None) -> bool:
+    """Upload-Defer-Length: absent, or exactly 1."""
+    if header is None:
+        return False
+    if header.strip() != "1":
+        raise InvalidRequest("Upload-Defer-Length must be 1", reason="defer-length")
+    return True
+
+
+def http_date(epoch_ms: int) -> str:
+    """An RFC 9110 date, as Upload-Expires carries it."""
+    return formatdate(epoch_ms / 1000, usegmt=True)

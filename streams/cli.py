@@ -4,7 +4,8 @@ Services: ``gateway``, ``worker``, ``warehouse serve|migrate``.
 Operators: ``topics apply|list``, ``dlq list|show|replay``,
 ``quarantine list|release|delete``, ``staging sweep``, ``health``.
 Admins: ``keys create|list|revoke|rotate``, ``tenants list``.
-Clients: ``upload``, ``status``, ``query``.
+Clients: ``upload``, ``status``, ``query``; ``produce`` writes chunk events
+straight to Kafka (docs/direct-producers.md).
 Development identity provider: ``token``, ``jwks show|serve``.
 
 Every client, operator and admin command authenticates with the bearer token
@@ -153,12 +154,15 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     settings = get_settings()
     logs.configure(settings.log_level, component="gateway")
     host, _, port = settings.gateway_listen.rpartition(":")
+    tls = settings.gateway_tls_cert
     uvicorn.run(
         create_app(settings),
         host=host,
         port=int(port),
         log_level="warning",
         access_log=False,
+        ssl_certfile=str(tls) if tls else None,
+        ssl_keyfile=str(settings.gateway_tls_key) if tls else None,
     )
     return EXIT_OK
 
@@ -440,6 +444,26 @@ def cmd_upload(args: argparse.Namespace) -> int:
         if status in statuses:
             return code
     return EXIT_FAILED
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from streams.errors import SluiceError
+    from streams.produce import produce_file
+
+    settings = get_settings()
+    results = []
+    for path in map(Path, args.paths):
+        try:
+            state = produce_file(path, tenant=args.tenant, settings=settings)
+            results.append({"path": str(path), "upload_id": state["upload_id"]})
+        except (SluiceError, OSError) as exc:
+            results.append({"path": str(path), "upload_id": None, "error": str(exc)})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for item in results:
+            out.print(f"{item['upload_id'] or item.get('error')}  {item['path']}")
+    return EXIT_OK if all(r["upload_id"] for r in results) else EXIT_FAILED
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -788,6 +812,14 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--json", action="store_true")
     upload.add_argument("--chunk-size", type=int, default=8 * 1024 * 1024)
     upload.set_defaults(func=cmd_upload)
+
+    produce = sub.add_parser(
+        "produce", help="write files as chunk events straight to Kafka"
+    )
+    produce.add_argument("paths", nargs="+")
+    produce.add_argument("--tenant", required=True)
+    produce.add_argument("--json", action="store_true")
+    produce.set_defaults(func=cmd_produce)
 
     status = sub.add_parser("status", help="stage and verdict of an upload")
     status.add_argument("upload_id")

@@ -47,7 +47,9 @@ def upload_files(
                     str(path),
                     chunk_size=chunk_size,
                     metadata={**(metadata or {}), "filename": path.name},
-                    retries=3,
+                    # Enough to outlast a lease left by a killed gateway
+                    # (423) and short outages (503): each retry HEADs first.
+                    retries=10,
                     retry_delay=1,
                     upload_checksum=True,
                 )

@@ -51,7 +51,30 @@ class Settings(BaseSettings):
     gateway_listen: str = "127.0.0.1:8080"
     gateway_url: str = "http://127.0.0.1:8080"
     gateway_instance: str = "gw-1"
-    gateway_producers: int = Field(default=4, ge=1, le=64)
+    # Unfinished uploads expire upload_expiry_s after their last write (tus
+    # expiration, below); expired ones answer 410 and are marked EXPIRED.
+    gateway_expiry_sweep_s: float = Field(default=60.0, gt=0)
+    # A writer's lease on an upload; renewed while its request runs, so a
+    # killed instance blocks others for at most this long.
+    gateway_lease_s: float = Field(default=6.0, ge=1, le=120)
+    # Largest batch of a PATCH body per Kafka transaction (batches shrink
+    # as more requests share the in-flight budget).
+    gateway_batch_bytes: int = Field(default=8 * 1024**2, ge=1024, le=64 * 1024**2)
+    # Budgets past which requests get 503 + Retry-After instead of queueing.
+    gateway_max_inflight_bytes: int = Field(default=128 * 1024**2, ge=1024**2)
+    gateway_max_rss_bytes: int = Field(default=600 * 1024**2, ge=64 * 1024**2)
+    # Per-tenant request rate (token bucket): 429 + Retry-After past it.
+    gateway_tenant_rate_per_s: float = Field(default=500.0, gt=0)
+    gateway_tenant_burst: int = Field(default=1000, ge=1)
+    # Per-tenant size limits in bytes (JSON object); others get max_upload_bytes.
+    gateway_tenant_max_bytes: dict[str, int] = Field(default_factory=dict)
+    # CORS: allowed origins (JSON list, e.g. ["https://app.example"]).
+    gateway_cors_origins: list[str] = Field(default_factory=list)
+    # TLS: both set means the gateway serves https.
+    gateway_tls_cert: Path | None = None
+    gateway_tls_key: Path | None = None
+    # How far back the progress stream looks for an upload's latest stage.
+    gateway_progress_lookback_s: float = Field(default=3600.0, ge=0)
 
     # Auth: development key pair under home unless a JWKS file is given.
     jwt_issuer: str = "sluice-dev"
@@ -88,8 +111,8 @@ class Settings(BaseSettings):
     # dead-lettered, and how long a breaker stays open before a trial.
     retry_wait_max_s: float = Field(default=120.0, ge=0)
     clamd_breaker_reset_s: float = Field(default=5.0, gt=0)
-    # Abandoned uploads: staging idle this long is removed (keep equal to
-    # the gateway's upload expiry), checked this often by the leader.
+    # Abandoned uploads: the gateway expires them this long after their last
+    # write, and the leader worker removes staging idle this long.
     upload_expiry_s: float = Field(default=24 * 3600.0, gt=0)
     cleanup_interval_s: float = Field(default=300.0, gt=0)
 
@@ -108,6 +131,12 @@ class Settings(BaseSettings):
     def _resolve_home(self) -> Settings:
         # Anchor relative homes once so every child process agrees on paths.
         object.__setattr__(self, "home", self.home.expanduser().resolve())
+        return self
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.gateway_tls_cert is None) != (self.gateway_tls_key is None):
+            raise ValueError("set both SLUICE_GATEWAY_TLS_CERT and _KEY, or neither")
         return self
 
     @property

@@ -230,6 +230,7 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
     Endpoint("gateway", "PATCH", "/files/{upload_id}", Action.UPLOAD_WRITE),
     Endpoint("gateway", "DELETE", "/files/{upload_id}", Action.UPLOAD_TERMINATE),
     Endpoint("gateway", "GET", "/v1/uploads/{upload_id}", Action.UPLOAD_READ),
+    Endpoint("gateway", "GET", "/v1/uploads/{upload_id}/events", Action.UPLOAD_READ),
     Endpoint("gateway", "GET", "/v1/ops/dead-letters", Action.DEADLETTERS_READ),
     Endpoint(
         "gateway",
@@ -280,6 +281,7 @@ PUBLIC_ENDPOINTS: Final[tuple[tuple[str, str, str], ...]] = (
     ("gateway", "GET", "/healthz"),
     ("gateway", "GET", "/readyz"),
     ("gateway", "GET", "/metrics"),
+    ("gateway", "GET", "/openapi.json"),
     ("warehouse", "GET", "/healthz"),
     ("warehouse", "GET", "/metrics"),
 )

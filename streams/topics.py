@@ -24,6 +24,7 @@ class TopicSpec:
 
 
 CHUNKS = "chunks"
+PARTIAL_CHUNKS = "chunks.partial"
 UPLOAD_STATE = "upload-state"
 ASSEMBLED = "files.assembled"
 SCANNED = "files.scanned"
@@ -53,6 +54,12 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         CHUNKS,
         "Upload bytes, keyed by upload id. Kept until assembled and past expiry.",
+        config={"retention.ms": str(7 * DAY_MS), "max.message.bytes": "1048576"},
+    ),
+    TopicSpec(
+        PARTIAL_CHUNKS,
+        "Bytes of tus partial uploads, keyed by upload id. No agent reads them: "
+        "the gateway copies them into chunks when a final upload joins them.",
         config={"retention.ms": str(7 * DAY_MS), "max.message.bytes": "1048576"},
     ),
     TopicSpec(

@@ -59,7 +59,8 @@ EXPECTED: dict[str, tuple[set[str], str]] = {
     "keys.rotate": ({"admin"}, "platform"),
 }
 
-SERVICE_COMMANDS = {"gateway", "worker", "warehouse", "token", "jwks"}
+# produce writes to Kafka directly: Kafka's ACLs guard it, not tokens.
+SERVICE_COMMANDS = {"gateway", "worker", "warehouse", "token", "jwks", "produce"}
 
 
 def principal(*roles: str, tenant: str = "acme", **extra: object) -> Principal:

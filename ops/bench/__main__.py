@@ -10,14 +10,14 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-BENCHMARKS = ("pipeline", "tokens", "warehouse_load")
+BENCHMARKS = ("pipeline", "tokens", "warehouse_load", "gateway")
 
 
 def bench_env() -> dict[str, str]:
     """The bench stack's settings, as test.sh derives them for a port base."""
     env = dict(
         os.environ,
-        SLUICE_TEST_PORT_BASE="25000",
+        SLUICE_TEST_PORT_BASE=os.environ.get("SLUICE_BENCH_PORT_BASE", "25000"),
         SLUICE_TEST_HOME=str(REPO / ".sluice-bench"),
     )
     printed = subprocess.run(

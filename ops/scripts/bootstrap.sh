@@ -52,6 +52,28 @@ step_kafka_jars() {
   log "kafka jars: ok ($(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars in $KAFKA_LIBS)"
 }
 
+# tus-js-client for the integration tests (a real browser-family tus client,
+# run under Node.js), pinned by ops/clients/tus-js/package-lock.json.
+step_node_clients() {
+  local dir=ops/clients/tus-js stamp=ops/clients/tus-js/node_modules/.sluice.stamp
+  if ! command -v npm >/dev/null; then
+    local sudo=()
+    ((EUID == 0)) || sudo=(sudo)
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq \
+      --no-install-recommends nodejs npm >>"$LOG_DIR/apt.log" 2>&1 ||
+      die "apt-get install nodejs npm failed (log: $LOG_DIR/apt.log)"
+  fi
+  if [[ -f $stamp && $stamp -nt $dir/package-lock.json ]]; then
+    log "node clients: ok"
+    return 0
+  fi
+  npm ci --prefix "$dir" --no-audit --no-fund >"$LOG_DIR/npm.log" 2>&1 ||
+    { tail -n 30 "$LOG_DIR/npm.log" >&2; die "npm ci failed (log: $LOG_DIR/npm.log)"; }
+  touch "$stamp"
+  log "node clients: installed into $dir/node_modules"
+}
+
 step_apt
 step_venv
 step_kafka_jars
+step_node_clients

@@ -408,3 +408,73 @@ def _dead_letter(settings: Settings, tenant: str, operator: str) -> str:
 
     event_id: str = eventually(letter, timeout_s=60)
     return event_id
+
+
+def chunks_of(
+    settings: Settings, upload_id: str, short_name: str = "chunks"
+) -> list[dict[str, Any]]:
+    """Every committed chunk of one upload, in log order (its partition only)."""
+    from ingest_gateway.partitioner import partition_for
+
+    topic = settings.topic(short_name)
+    ends = topic_end_offsets(settings, short_name)
+    partition = partition_for(upload_id.encode(), len(ends))
+    end = ends[partition]
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"test-reader-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    found = []
+    try:
+        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            (position,) = consumer.position([TopicPartition(topic, partition)])
+            if position.offset >= end:
+                break
+            for message in consumer.consume(500, 0.5):
+                if message.error() is None and message.key() == upload_id.encode():
+                    found.append(codec.decode("Chunk", message.value()))
+    finally:
+        consumer.close()
+    return found
+
+
+def assert_tiles(chunks: list[dict[str, Any]], length: int) -> bytes:
+    """The chunks cover [0, length) with neither gap nor overlap; their bytes."""
+    expected = 0
+    for chunk in sorted(chunks, key=lambda c: c["offset"]):
+        assert chunk["offset"] == expected, (chunk["offset"], expected)
+        assert len(chunk["data"]) == chunk["length"]
+        expected += chunk["length"]
+    assert expected == length
+    return b"".join(c["data"] for c in sorted(chunks, key=lambda c: c["offset"]))
+
+
+@pytest.fixture
+def result_of(
+    warehouse: WarehouseClient,
+) -> Callable[..., dict[str, Any]]:
+    """result_of(upload_id) -> the upload's terminal result, waiting for it."""
+
+    def _result(upload_id: str, timeout_s: float = 120) -> dict[str, Any]:
+        results = warehouse.wait_for_results([upload_id], timeout_s=timeout_s)
+        assert upload_id in results, f"no result for {upload_id}"
+        return results[upload_id]
+
+    return _result
+
+
+def stored_bytes(store: ObjectStore, result: dict[str, Any]) -> bytes:
+    """The bytes the platform kept for a routed upload (quarantine unsealed)."""
+    location = result["location"]
+    if location.startswith("quarantine/"):
+        from streams import quarantine
+
+        key = quarantine.load_key(get_settings())
+        return b"".join(quarantine.read(store, location, key))
+    return b"".join(store.read_blocks(location))

@@ -87,6 +87,14 @@ def _rotate(ctx: Context, auth: dict[str, str]) -> httpx.Response:
     )
 
 
+def _events(ctx: Context, auth: dict[str, str]) -> httpx.Response:
+    path = f"/v1/uploads/{ctx.world.upload_id}/events"
+    with ctx.gateway.stream("GET", path, headers=auth) as response:
+        if response.status_code != 200:
+            response.read()
+        return response
+
+
 CASES = (
     Case(
         "tus-create",
@@ -137,6 +145,15 @@ CASES = (
         lambda ctx, auth: ctx.gateway.get(
             f"/v1/uploads/{ctx.world.upload_id}", headers=auth
         ),
+        200,
+    ),
+    Case(
+        "progress-events",
+        "gateway",
+        "GET",
+        "/v1/uploads/{upload_id}/events",
+        Action.UPLOAD_READ,
+        _events,
         200,
     ),
     Case(

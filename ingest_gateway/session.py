@@ -1,0 +1,244 @@
+"""One writer per upload, across every gateway instance: leases plus fencing.
+
+A request that changes an upload (PATCH, DELETE, creation with a body or an
+Idempotency-Key, concatenation, expiry) first takes the upload's *lease*: it
+commits the upload's state with ``lease_holder`` set to itself and
+``lease_expires_at`` a few seconds ahead, through the upload's own
+transactional producer. Taking it goes:
+
+1. Refuse (423) when this process already serves the upload, or the latest
+   state this instance has read shows another live holder.
+2. Get the upload's writer. A writer not already held here initialises the
+   upload's transactional id, which fences every other producer of it (on
+   any instance) and aborts its open transaction.
+3. Having fenced, read the upload's partition of ``upload-state`` up to its
+   end: the state is now exact, and nobody else can commit until someone
+   initialises the id again.
+4. Refuse (423) if that exact state shows another live holder; otherwise
+   commit the lease.
+
+A holder that finds itself fenced mid-request (someone passed step 2 and
+stopped at step 4) initialises again, rereads, and carries on only while the
+lease is still its own and the offset unchanged. So two requests never both
+commit, and the one already writing keeps going while the newcomer gets 423.
+
+Leases are renewed by every commit and by :meth:`Exclusive.keepalive` while
+a slow body arrives, and released by the request's last commit. A holder
+that dies leaves a lease that lapses after ``SLUICE_GATEWAY_LEASE_S``; an
+instance restarted under the same name recognises its predecessor's leases
+(same instance, other boot id) and takes them over at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingest_gateway.errors import Busy, Fenced
+from ingest_gateway.producer import UploadWriter, UploadWriters
+from ingest_gateway.state import UploadStates
+from streams.errors import KafkaUnavailable, Locked
+from streams.events import now_ms
+from streams.logs import get_logger
+
+log = get_logger(__name__)
+
+ChunkSource = Callable[[], Iterable[dict[str, Any]]]
+Check = Callable[[dict[str, Any] | None], dict[str, Any]]
+
+
+@dataclass
+class Writers:
+    """What a lease needs from its gateway instance."""
+
+    states: UploadStates
+    writers: UploadWriters
+    instance: str
+    boot: str
+    lease_s: float
+    busy: set[str] = field(default_factory=set)
+
+    def holder(self, request_id: str) -> str:
+        return f"{self.instance}/{self.boot}/{request_id}"
+
+    def held_elsewhere(self, state: dict[str, Any] | None, me: str) -> float:
+        """Seconds left on another live holder's lease, or 0 when free."""
+        if state is None or not state.get("lease_holder"):
+            return 0.0
+        holder: str = state["lease_holder"]
+        left = ((state.get("lease_expires_at") or 0) - now_ms()) / 1000
+        if holder == me or left <= 0:
+            return 0.0
+        instance, boot, _ = (holder.split("/") + ["", ""])[:3]
+        if instance == self.instance and boot != self.boot:
+            return 0.0  # our predecessor under this name: it is dead
+        if instance == self.instance and state["upload_id"] not in self.busy:
+            return 0.0  # this process, but the request is gone
+        return left
+
+
+class Exclusive:
+    """One request's exclusive right to write one upload."""
+
+    def __init__(
+        self, owner: Writers, writer: UploadWriter, state: dict[str, Any], me: str
+    ) -> None:
+        self.state = state
+        self._owner = owner
+        self._me = me
+        self._renewed = time.monotonic()
+        self._released = False
+        self._leased = False
+        self._writer: UploadWriter | None = writer
+
+    async def commit(
+        self,
+        new_state: dict[str, Any],
+        chunks: ChunkSource | None = None,
+        chunks_topic: str | None = None,
+        *,
+        release: bool = False,
+    ) -> dict[str, Any]:
+        """Commit new_state (and chunks) under the lease; renew or release it."""
+        owner = self._owner
+        state = dict(new_state)
+        state["updated_at"] = max(now_ms(), self.state["updated_at"] + 1)
+        if release:
+            state["lease_holder"] = None
+            state["lease_expires_at"] = None
+        else:
+            state["lease_holder"] = self._me
+            state["lease_expires_at"] = now_ms() + int(owner.lease_s * 1000)
+
+        for attempt in range(2):
+            try:
+                if self._writer is None:
+                    await self._refence()
+                assert self._writer is not None
+                await asyncio.to_thread(
+                    self._writer.transaction,
+                    state,
+                    chunks() if chunks is not None else (),
+                    chunks_topic,
+                )
+                break
+            except Fenced:
+                await self._drop_writer()
+                if attempt:
+                    raise Locked(
+                        "another request took this upload", reason="locked"
+                    ) from None
+            except KafkaUnavailable:
+                await self._drop_writer()
+                raise
+        self.state = state
+        owner.states.put(state)
+        self._renewed = time.monotonic()
+        self._released = release
+        self._leased = not release
+        return state
+
+    async def _drop_writer(self) -> None:
+        if self._writer is not None:
+            await self._owner.writers.discard(self._writer)
+            self._writer = None
+
+    async def _refence(self) -> None:
+        """Fenced while holding the lease: fence back, and check nothing moved."""
+        owner = self._owner
+        self._writer, _ = await owner.writers.get(self.state["upload_id"])
+        await asyncio.to_thread(owner.states.sync_upload, self.state["upload_id"])
+        current = owner.states.get(self.state["upload_id"])
+        if current is None and not self._leased:
+            return  # a creation: nothing was there, nothing is
+        if (
+            current is None
+            or current.get("lease_holder") != self._me
+            or current["offset"] != self.state["offset"]
+            or current["status"] != self.state["status"]
+        ):
+            raise Locked("another request took this upload", reason="locked")
+        log.warning("lease.refenced")
+
+    async def keepalive(self) -> None:
+        """Renew the lease when a third of it has passed without a commit."""
+        if time.monotonic() - self._renewed > self._owner.lease_s / 3:
+            await self.commit(self.state)
+
+    async def release(self) -> None:
+        """Give the lease up (best effort: a lease lapses by itself anyway)."""
+        try:
+            if not self._released:
+                await self.commit(self.state, release=True)
+        except (KafkaUnavailable, Locked) as exc:
+            log.warning("lease.release_failed", error=str(exc))
+        finally:
+            await self.drop()
+
+    async def drop(self) -> None:
+        """Stop using the upload: keep a healthy writer for its next request."""
+        owner = self._owner
+        try:
+            if self._writer is not None:
+                await owner.writers.put_back(self._writer)
+                self._writer = None
+        finally:
+            owner.busy.discard(self.state["upload_id"])
+
+
+async def acquire(
+    owner: Writers, upload_id: str, request_id: str, check: Check
+) -> Exclusive:
+    """Take the upload's lease, or raise Locked (423).
+
+    check receives the exact current state (None if the upload does not
+    exist yet) and returns the state to lease, or raises the client error
+    that state calls for (404, 410, ...).
+    """
+    me = owner.holder(request_id)
+    if upload_id in owner.busy:
+        raise _locked(owner.lease_s)
+    left = owner.held_elsewhere(owner.states.get(upload_id), me)
+    if left:
+        # Perhaps released already and not yet read here: look again.
+        await asyncio.to_thread(owner.states.sync_upload, upload_id)
+        left = owner.held_elsewhere(owner.states.get(upload_id), me)
+        if left:
+            raise _locked(left)
+
+    owner.busy.add(upload_id)
+    try:
+        writer, fresh = await owner.writers.get(upload_id)
+    except BaseException:
+        owner.busy.discard(upload_id)
+        raise
+    exclusive: Exclusive | None = None
+    try:
+        if fresh:
+            await asyncio.to_thread(owner.states.sync_upload, upload_id)
+        current = owner.states.get(upload_id)
+        base = check(current)
+        left = owner.held_elsewhere(current, me)
+        if left:
+            raise _locked(left)
+        exclusive = Exclusive(owner, writer, current or base, me)
+        await exclusive.commit(base)
+        return exclusive
+    except BaseException:
+        if exclusive is not None:
+            await exclusive.drop()
+        else:
+            await owner.writers.put_back(writer)
+            owner.busy.discard(upload_id)
+        raise
+
+
+def _locked(seconds: float) -> Busy:
+    return Busy(
+        "another request is writing this upload",
+        retry_after=max(1, math.ceil(seconds)),
+    )

@@ -1,0 +1,179 @@
+"""HTTP hygiene and backpressure: OpenAPI, headers, CORS, TLS, budgets."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from .conftest import TUS, create_upload, patch_upload
+from .gateways import GatewayProcess
+
+
+def test_openapi_describes_the_tus_surface(gateway: httpx.Client) -> None:
+    spec = gateway.get("/openapi.json").json()
+
+    assert spec["openapi"].startswith("3.")
+    assert set(spec["paths"]["/files/{upload_id}"]) == {"head", "patch", "delete"}
+    assert "460" in spec["paths"]["/files/{upload_id}"]["patch"]["responses"]
+
+
+def test_security_headers_on_every_response(
+    gateway: httpx.Client, auth: dict[str, str]
+) -> None:
+    for response in (
+        gateway.get("/healthz"),
+        gateway.options("/files"),
+        create_upload(gateway, auth, 1),
+        gateway.head("/files/" + "0" * 32, headers={**TUS, **auth}),
+    ):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+@pytest.fixture(scope="module")
+def browser_facing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A gateway with CORS for one origin, over TLS with a test certificate."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = _self_signed(folder)
+    process = GatewayProcess(
+        4,
+        "gw-browser",
+        SLUICE_GATEWAY_CORS_ORIGINS='["https://app.example"]',
+        SLUICE_GATEWAY_TLS_CERT=str(cert),
+        SLUICE_GATEWAY_TLS_KEY=str(key),
+    ).start()
+    yield process, cert
+    process.stop()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_cors_exposes_tus_headers_over_tls(
+    browser_facing: tuple[GatewayProcess, Path], auth: dict[str, str]
+) -> None:
+    process, cert = browser_facing
+    assert process.url.startswith("https://")
+    trust = ssl.create_default_context(cafile=str(cert))
+    with httpx.Client(base_url=process.url, verify=trust, timeout=30) as client:
+        preflight = client.options(
+            "/files",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "tus-resumable,upload-length",
+            },
+        )
+        created = create_upload(client, {**auth, "Origin": "https://app.example"}, 3)
+        foreign = client.options(
+            "/files",
+            headers={
+                "Origin": "https://evil.example",
+                "Access-Control-Request-Method": "POST",
+            },
+        )
+
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert created.status_code == 201
+    exposed = created.headers["Access-Control-Expose-Headers"].lower()
+    for header in ("location", "upload-offset", "upload-expires", "tus-resumable"):
+        assert header in exposed
+    assert "max-age" in created.headers["Strict-Transport-Security"]
+    assert "Access-Control-Allow-Origin" not in foreign.headers
+
+
+def test_over_the_in_flight_budget_is_503_with_retry_after(
+    auth: dict[str, str],
+) -> None:
+    tight = GatewayProcess(
+        5,
+        "gw-tight",
+        SLUICE_GATEWAY_BATCH_BYTES=str(1024 * 1024),
+        SLUICE_GATEWAY_MAX_INFLIGHT_BYTES=str(2 * 1024 * 1024),
+    ).start()
+    try:
+        with tight.client() as client:
+            first = create_upload(client, auth, 4 * 1024 * 1024).headers["Location"]
+            second = create_upload(client, auth, 10).headers["Location"]
+            sent = threading.Event()
+
+            def slow() -> Iterator[bytes]:
+                for _ in range(16):
+                    yield os.urandom(256 * 1024)
+                    sent.set()
+                    time.sleep(0.1)
+
+            outcome: list[httpx.Response] = []
+            thread = threading.Thread(
+                target=lambda: outcome.append(
+                    client.patch(
+                        first,
+                        headers={
+                            **TUS,
+                            **auth,
+                            "Upload-Offset": "0",
+                            "Content-Type": "application/offset+octet-stream",
+                        },
+                        content=slow(),
+                    )
+                )
+            )
+            thread.start()
+            sent.wait(10)
+            refused = patch_upload(client, auth, second, 0, b"0123456789")
+            thread.join(60)
+            accepted = patch_upload(client, auth, second, 0, b"0123456789")
+    finally:
+        tight.stop()
+
+    assert refused.status_code == 503
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert outcome[0].status_code == 204
+    assert accepted.status_code == 204

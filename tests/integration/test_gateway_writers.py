@@ -1,0 +1,233 @@
+"""One writer per upload, and an offset that is the truth, across kills.
+
+Extra gateway instances run as their own processes (ports 23010-23019) so
+they can be SIGKILLed mid-request; each test stops what it started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from streams.config import Settings
+from streams.storage import ObjectStore
+
+from .conftest import (
+    TUS,
+    assert_tiles,
+    chunks_of,
+    create_upload,
+    patch_upload,
+    stored_bytes,
+)
+from .gateways import GatewayProcess
+
+OCTETS = {"Content-Type": "application/offset+octet-stream"}
+PIECE = 256 * 1024
+
+
+@pytest.fixture(scope="module")
+def second() -> Iterator[GatewayProcess]:
+    """A second, long-lived gateway instance on the same Kafka."""
+    process = GatewayProcess(1, "gw-second").start()
+    yield process
+    process.stop()
+
+
+def slow_body(data: bytes, delay_s: float, sent: list[int]) -> Iterator[bytes]:
+    for start in range(0, len(data), PIECE):
+        piece = data[start : start + PIECE]
+        yield piece
+        sent[0] += len(piece)
+        time.sleep(delay_s)
+
+
+def patch_in_background(
+    url: str, auth: dict[str, str], offset: int, body: Iterator[bytes]
+) -> tuple[threading.Thread, list[Any]]:
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            with httpx.Client(timeout=120) as client:
+                outcome.append(
+                    client.patch(
+                        url,
+                        headers={**TUS, **auth, **OCTETS, "Upload-Offset": str(offset)},
+                        content=body,
+                    )
+                )
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def until(probe: Callable[[], bool], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not probe():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.05)
+
+
+def head_offset(client: httpx.Client, url: str, auth: dict[str, str]) -> int:
+    response = client.head(url, headers={**TUS, **auth})
+    assert response.status_code == 200, response.status_code
+    return int(response.headers["Upload-Offset"])
+
+
+@pytest.mark.parametrize("where", ["same-instance", "other-instance"])
+def test_concurrent_patches_one_wins_and_bytes_tile(
+    where: str,
+    gateway: httpx.Client,
+    second: GatewayProcess,
+    auth: dict[str, str],
+    settings: Settings,
+) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    location = create_upload(gateway, auth, len(data)).headers["Location"]
+    upload_id = location.rsplit("/", 1)[-1]
+    sent = [0]
+    url = f"{settings.gateway_url}{httpx.URL(location).path}"
+
+    thread, outcome = patch_in_background(url, auth, 0, slow_body(data, 0.1, sent))
+    until(lambda: sent[0] >= 2 * PIECE)
+    rival_base = gateway.base_url if where == "same-instance" else second.url
+    with httpx.Client(base_url=rival_base, timeout=60) as rival:
+        refused = patch_upload(rival, auth, httpx.URL(location).path, 0, data[:1000])
+        deleting = rival.delete(httpx.URL(location).path, headers={**TUS, **auth})
+    thread.join(60)
+
+    assert refused.status_code in (423, 409), refused.status_code
+    if refused.status_code == 423:
+        assert int(refused.headers["Retry-After"]) >= 1
+    assert deleting.status_code == 423
+    (winner,) = outcome
+    assert isinstance(winner, httpx.Response) and winner.status_code == 204
+    assert assert_tiles(chunks_of(settings, upload_id), len(data)) == data
+
+
+def test_a_killed_client_resumes_from_head(
+    tmp_path: Path,
+    settings: Settings,
+    auth: dict[str, str],
+    gateway: httpx.Client,
+    store: ObjectStore,
+    result_of: Callable[..., dict[str, Any]],
+) -> None:
+    data = os.urandom(12 * 1024 * 1024 + 12345)
+    source = tmp_path / "resumed.bin"
+    source.write_bytes(data)
+    script = tmp_path / "slow_upload.py"
+    script.write_text(
+        "import sys, time\n"
+        "from tusclient import client\n"
+        "c = client.TusClient(sys.argv[1], headers={'Authorization': sys.argv[2]})\n"
+        "u = c.uploader(sys.argv[3], chunk_size=1024 * 1024,\n"
+        "               metadata={'filename': 'resumed.bin'})\n"
+        "u.set_url(u.create_url()); u.offset = 0\n"
+        "print(u.url, flush=True)\n"
+        "while True:\n"
+        "    u.upload_chunk(); time.sleep(0.3)\n"
+    )
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            f"{settings.gateway_url}/files",
+            auth["Authorization"],
+            str(source),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        url = child.stdout.readline().strip()
+        until(lambda: head_offset(gateway, url, auth) >= 3 * 1024 * 1024)
+    finally:
+        child.kill()
+        child.wait(10)
+    offset = head_offset(gateway, url, auth)
+    assert 0 < offset < len(data)
+
+    from tusclient import client as tus_client
+
+    resumed = tus_client.TusClient(
+        f"{settings.gateway_url}/files", headers=auth
+    ).uploader(str(source), url=url, chunk_size=4 * 1024 * 1024)
+    assert resumed.get_offset() == offset
+    resumed.upload()
+
+    result = result_of(url.rsplit("/", 1)[-1])
+    assert result["sha256"] == hashlib.sha256(data).hexdigest()
+    assert stored_bytes(store, result) == data
+
+
+@pytest.mark.parametrize("resume_on", ["restarted", "second"])
+def test_a_killed_gateway_loses_nothing_it_acknowledged(
+    resume_on: str,
+    second: GatewayProcess,
+    auth: dict[str, str],
+    settings: Settings,
+    store: ObjectStore,
+    result_of: Callable[..., dict[str, Any]],
+) -> None:
+    victim = GatewayProcess(3, "gw-victim").start()
+    try:
+        data = os.urandom(24 * 1024 * 1024 + 777)
+        with victim.client() as client:
+            location = create_upload(client, auth, len(data)).headers["Location"]
+        path = httpx.URL(location).path
+        upload_id = path.rsplit("/", 1)[-1]
+        sent = [0]
+        thread, outcome = patch_in_background(
+            f"{victim.url}{path}", auth, 0, slow_body(data, 0.02, sent)
+        )
+        until(lambda: sent[0] >= len(data) // 2)
+        victim.kill()
+        thread.join(30)
+        assert outcome and not (
+            isinstance(outcome[0], httpx.Response) and outcome[0].is_success
+        )
+
+        # What Kafka holds, committed: exactly what HEAD must report.
+        durable = sum(c["length"] for c in chunks_of(settings, upload_id))
+        if resume_on == "restarted":
+            victim.start()
+            target = victim.url
+        else:
+            target = second.url
+
+        with httpx.Client(base_url=target, timeout=60) as client:
+            offset = head_offset(client, path, auth)
+            assert offset == durable
+            assert 0 < offset < len(data)
+            # The dead writer's lease lapses (or its successor takes it over).
+            deadline = time.monotonic() + 3 * settings.gateway_lease_s
+            while True:
+                resumed = patch_upload(client, auth, path, offset, data[offset:])
+                if resumed.status_code != 423:
+                    break
+                assert time.monotonic() < deadline
+                time.sleep(float(resumed.headers["Retry-After"]))
+            assert resumed.status_code == 204, resumed.text
+            assert head_offset(client, path, auth) == len(data)
+    finally:
+        victim.stop()
+
+    assert assert_tiles(chunks_of(settings, upload_id), len(data)) == data
+    result = result_of(upload_id)
+    assert stored_bytes(store, result) == data
