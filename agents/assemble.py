@@ -16,12 +16,12 @@ from typing import Any
 import faust
 
 from agents.deps import already_routed, store
-from streams import storage, topics
-from streams.config import Settings
+from streams import codec, storage, topics
+from streams.config import Settings, get_settings
 from streams.errors import IntegrityError
 from streams.events import now_ms
 from streams.logs import get_logger
-from streams.pipeline import Output, Sender, Step, process
+from streams.pipeline import SOURCE, Output, Sender, Step, process
 
 log = get_logger(__name__)
 
@@ -58,12 +58,80 @@ def handle(chunk: dict[str, Any], headers: dict[str, str]) -> list[Output]:
         return []
 
     parts = _contiguous_parts(tenant, upload_id, chunk["upload_length"])
+    if parts is None and SOURCE in headers:
+        # A chunk event can be skipped by the stream processor around a
+        # rebalance (Faust acks events it fetched for an old generation).
+        # The chunk is still in Kafka: read it back before giving up.
+        repaired = repair_parts(chunk, headers[SOURCE])
+        log.warning("file.parts_repaired", parts=repaired)
+        parts = _contiguous_parts(tenant, upload_id, chunk["upload_length"])
     if parts is None:
         raise IntegrityError("upload has gaps or overlaps between its chunks")
     digest = objects.write_stream(assembled, _read_parts(tenant, upload_id, parts))
     objects.delete_prefix(storage.parts_prefix(tenant, upload_id))
     log.info("file.assembled", size=digest.size)
     return [_assembled(chunk, headers, digest)]
+
+
+REPAIR_WINDOW = 2000
+REPAIR_MAX_MESSAGES = 200_000
+
+
+def repair_parts(final: dict[str, Any], source: str) -> int:
+    """Store the upload's chunks found before the final one in its partition.
+
+    Reads the chunks topic backwards from the final chunk, a window at a
+    time, read_committed, and stores every chunk of this upload whose part
+    is missing or of the wrong size. Returns how many parts it stored.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    settings = get_settings()
+    topic, partition_text, offset_text = source.split("|")
+    partition, final_offset = int(partition_text), int(offset_text)
+    tenant, upload_id = final["tenant"], final["upload_id"]
+    objects = store()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"sluice-assemble-repair-{upload_id}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    stored, end = 0, final_offset
+    try:
+        low, _ = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=10
+        )
+        while end > low and final_offset - end < REPAIR_MAX_MESSAGES:
+            start = max(low, end - REPAIR_WINDOW)
+            consumer.assign([TopicPartition(topic, partition, start)])
+            covered_first_chunk = False
+            while True:
+                message = consumer.poll(5.0)
+                if message is None or message.error() is not None:
+                    break
+                position = message.offset() or 0
+                if position >= end:
+                    break
+                if message.key() != upload_id.encode():
+                    continue
+                record = codec.decode("Chunk", message.value() or b"")
+                key = storage.part_key(tenant, upload_id, record["offset"])
+                data: bytes = record["data"]
+                if hashlib.sha256(data).hexdigest() != record["sha256"]:
+                    continue
+                if not objects.exists(key) or objects.size(key) != len(data):
+                    objects.put(key, data)
+                    stored += 1
+                covered_first_chunk = covered_first_chunk or record["offset"] == 0
+            if covered_first_chunk:
+                break
+            end = start
+    finally:
+        consumer.close()
+    return stored
 
 
 def _contiguous_parts(tenant: str, upload_id: str, length: int) -> list[int] | None:

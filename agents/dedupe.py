@@ -126,11 +126,7 @@ def register(app: faust.App, sender: Sender, settings: Settings) -> None:
             )
             await process(step, event, sender, settings)
 
-    # Both lanes share one ledger: their topics are co-partitioned, so a
-    # digest's partition number (and its table entries) is the same in each.
-    for lane in topics.LANES:
-        source = raw_topic(app, topics.for_lane(topics.TYPED, lane))
-        app.agent(source, name=f"dedupe-{lane}")(dedupe)
+    app.agent(raw_topic(app, topics.TYPED), name="dedupe")(dedupe)
 
 
 def _apply(

@@ -33,6 +33,8 @@ from streams.logs import bound, get_logger
 
 log = get_logger(__name__)
 
+SOURCE = "sluice-source"  # internal: topic|partition|offset of the input
+
 EVENTS = Counter(
     "sluice_agent_events_total", "Events handled by agents", ["agent", "outcome"]
 )
@@ -108,6 +110,9 @@ async def process(
     """Handle one event to completion: outputs sent, or a dead letter sent."""
     headers = headers_to_dict(event.headers)
     message = event.message
+    # Where the event sits in Kafka, for steps that must read around it;
+    # never forwarded to outputs.
+    headers[SOURCE] = f"{message.topic}|{message.partition}|{message.offset}"
     context = {
         "agent": step.agent,
         "correlation_id": headers.get(CORRELATION_ID, ""),
@@ -123,6 +128,7 @@ async def process(
             for output in outputs:
                 out_headers = dict(headers)
                 out_headers.pop("replay-of", None)
+                out_headers.pop(SOURCE, None)
                 out_headers[TENANT] = output.record.get("tenant", context["tenant"])
                 if "upload_id" in output.record:
                     out_headers[UPLOAD_ID] = output.record["upload_id"]
@@ -139,6 +145,7 @@ async def process(
             assert error is not None
             category = error.category if isinstance(error, SluiceError) else "INTERNAL"
             event_id = f"{message.topic}:{message.partition}:{message.offset}"
+            headers.pop(SOURCE, None)
             letter: dict[str, Any] = {
                 "event_id": event_id,
                 "source_topic": message.topic,

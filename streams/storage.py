@@ -85,10 +85,15 @@ class ObjectStore:
         return f"{self._root}/{key}"
 
     def put(self, key: str, data: bytes) -> None:
+        """Write a whole object; on local storage it appears complete or not at all."""
         path = self.path(key)
         try:
             if self._local:
                 self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                tmp = f"{path}.partial"
+                self._fs.pipe_file(tmp, data)
+                os.replace(tmp, path)
+                return
             self._fs.pipe_file(path, data)
         except OSError as exc:
             raise StorageUnavailable(f"cannot write {key}: {exc}") from exc

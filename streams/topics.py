@@ -40,14 +40,24 @@ DLQ_REPLAYS = "deadletter.replays"
 # has its own topic and its own agents. The interactive lane keeps the bare
 # name; the bulk lane adds ".bulk".
 LANES = ("interactive", "bulk")
-LANED = (ASSEMBLED, SCANNED, TYPED, DEDUPLICATED)
+# files.typed is one topic: dedupe is quick, and its tables must be fed by
+# exactly one source topic to stay co-partitioned with it.
+LANED = (ASSEMBLED, SCANNED, DEDUPLICATED)
+
+
+STAGES = (ASSEMBLED, SCANNED, TYPED, DEDUPLICATED)
 
 
 def for_lane(name: str, lane: str) -> str:
-    """The topic short name of a stage topic in one lane."""
-    if name not in LANED or lane not in LANES:
+    """The topic short name of a stage topic in one lane (one for both, if unlaned)."""
+    if name not in STAGES or lane not in LANES:
         raise ValueError(f"{name!r} has no lane {lane!r}")
-    return name if lane == "interactive" else f"{name}.bulk"
+    return f"{name}.bulk" if lane == "bulk" and name in LANED else name
+
+
+def stage_topics() -> tuple[str, ...]:
+    """Every stage topic's short name, each lane's, once."""
+    return tuple(dict.fromkeys(for_lane(n, lane) for n in STAGES for lane in LANES))
 
 
 TOPICS: tuple[TopicSpec, ...] = (
@@ -73,7 +83,6 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(DEDUPLICATED, "Files after dedupe, keyed by upload id."),
     TopicSpec(f"{ASSEMBLED}.bulk", "Bulk lane of files.assembled."),
     TopicSpec(f"{SCANNED}.bulk", "Bulk lane of files.scanned."),
-    TopicSpec(f"{TYPED}.bulk", "Bulk lane of files.typed."),
     TopicSpec(f"{DEDUPLICATED}.bulk", "Bulk lane of files.deduplicated."),
     TopicSpec(
         RESULTS,

@@ -67,9 +67,7 @@ BATCH_WAIT_S = 0.25
 RETRY_PAUSE_S = 1.0
 
 # Both lanes (interactive and bulk) of every stage topic.
-STAGE_TOPICS = tuple(
-    topics.for_lane(name, lane) for name in topics.LANED for lane in topics.LANES
-)
+STAGE_TOPICS = topics.stage_topics()
 
 
 def _ts(ms: int) -> str:

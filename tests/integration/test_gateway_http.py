@@ -148,7 +148,7 @@ def test_over_the_in_flight_budget_is_503_with_retry_after(
                 for _ in range(16):
                     yield os.urandom(256 * 1024)
                     sent.set()
-                    time.sleep(0.1)
+                    time.sleep(0.25)
 
             outcome: list[httpx.Response] = []
             thread = threading.Thread(
@@ -167,7 +167,17 @@ def test_over_the_in_flight_budget_is_503_with_retry_after(
             )
             thread.start()
             sent.wait(10)
-            refused = patch_upload(client, auth, second, 0, b"0123456789")
+            # The gateway counts the slow body once its first bytes arrive:
+            # ask until it does (the slow PATCH lasts about 4 s).
+            # Each probe writes an upload of its own, so an early probe that
+            # is still accepted leaves `second` untouched.
+            deadline = time.monotonic() + 3
+            while True:
+                probe = create_upload(client, auth, 10).headers["Location"]
+                refused = patch_upload(client, auth, probe, 0, b"0123456789")
+                if refused.status_code == 503 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             thread.join(60)
             accepted = patch_upload(client, auth, second, 0, b"0123456789")
     finally:
