@@ -55,6 +55,15 @@ def running_components() -> set[str]:
     return running
 
 
+def penguins_query(tenant: str) -> str:
+    """The demo's question to the loaded penguins dataset (typed columns)."""
+    return (
+        "SELECT species, count() AS penguins, "
+        "round(avg(body_mass_g)) AS mean_mass_g "
+        f"FROM datasets.{tenant}__penguins GROUP BY species ORDER BY species"
+    )
+
+
 def sluice(*args: str, token: str) -> str:
     """Run the ``sluice`` command line as a user would, return its output."""
     env = dict(os.environ, SLUICE_TOKEN=token)
@@ -179,9 +188,7 @@ def run(corpus_dir: Path) -> int:
     console.print(
         sluice(
             "query",
-            "SELECT species, count() AS penguins, "
-            "round(avg(toFloat64OrNull(body_mass_g))) AS mean_mass_g "
-            f"FROM datasets.{TENANT}__penguins GROUP BY species ORDER BY species",
+            penguins_query(TENANT),
             token=token,
         )
     )

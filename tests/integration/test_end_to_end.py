@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ops.demo.corpus import CLAMAV_TESTFILES_COUNT, CLEAN, INFECTED, build_corpus
-from ops.demo.run import check
+from ops.demo.run import check, penguins_query
 from streams.client import WarehouseClient
 from streams.config import Settings
 from streams.storage import ObjectStore
@@ -81,6 +82,25 @@ def test_corpus_verdicts_storage_and_datasets(
         )
         # ClickHouse quotes 64-bit integers in JSON output.
         assert [(int(r["n"]), int(r["uploads"])) for r in rows] == [(344, 1)]
+
+    # The demo's own query over the dataset, checked against the CSV itself.
+    counts: Counter[str] = Counter()
+    masses: dict[str, list[float]] = {}
+    with (tmp_path / "corpus" / "penguins.csv").open(newline="") as source:
+        for record in csv.DictReader(source):
+            counts[record["species"]] += 1
+            if record["body_mass_g"] not in ("", "NA"):
+                masses.setdefault(record["species"], []).append(
+                    float(record["body_mass_g"])
+                )
+    expected = [
+        (name, counts[name], round(sum(values) / len(values)))
+        for name, values in sorted(masses.items())
+    ]
+    rows = warehouse.rows(penguins_query(tenant))
+    assert [
+        (r["species"], int(r["penguins"]), round(float(r["mean_mass_g"]))) for r in rows
+    ] == expected
 
 
 def test_status_command_reports_the_verdict(
