@@ -82,21 +82,27 @@ def handle(stage: dict[str, Any], headers: dict[str, str]) -> list[Output]:
 
     # A replay restates the result recorded when the upload was routed, to
     # the byte: one result per upload however often this step runs.
+    marker = storage.routed_key(tenant, upload_id)
     result = routed_result(tenant, upload_id)
     if result is None:
         result = build_result(stage)
-        place(stage, result["verdict"], result["location"])
-        objects.put(
-            storage.routed_key(tenant, upload_id),
-            json.dumps({"result": result}).encode("utf-8"),
-        )
+        # The marker goes before the move: from the moment the staged file
+        # leaves, a replayed earlier stage must find the marker, never a
+        # missing file and no marker. A crash between the two leaves the
+        # marker and the staged file; the replay of this step finishes.
+        objects.put(marker, json.dumps({"result": result}).encode("utf-8"))
+        try:
+            place(stage, result["verdict"], result["location"])
+        except IntegrityError:
+            objects.delete_prefix(marker)  # not routed after all: say so
+            raise
         log.info(
             "file.routed",
             verdict=result["verdict"],
             duplicate=bool(stage["duplicate_of"]),
         )
-    # Staging goes only after the marker is written, so a replayed earlier
-    # stage finds the marker rather than a missing file.
+    elif objects.exists(stage["staging_key"]):
+        place(stage, result["verdict"], result["location"])
     objects.delete_prefix(storage.staging_prefix(tenant, upload_id))
 
     audit = {
@@ -178,6 +184,7 @@ def place(stage: dict[str, Any], verdict: str, destination: str) -> None:
         key = quarantine.load_key(get_settings())
         written = quarantine.put(objects, stage["staging_key"], destination, key)
     if written.sha256 != stage["sha256"] or written.size != stage["size"]:
+        objects.delete_prefix(destination)
         raise IntegrityError("staged file changed after it was scanned")
 
 
