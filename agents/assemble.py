@@ -1,15 +1,20 @@
 """Assemble agent: chunk events in, one staged file out.
 
-Each chunk's bytes are checked against its sha256 and stored as a part named
-by its offset. When the final chunk arrives, the parts are checked for gaps
-and overlaps and streamed, in order, into the assembled object while its
-sha256 is computed: memory holds one block at a time whatever the file size.
+Each chunk's bytes are checked against its sha256. On local storage they are
+written in place into the upload's file as they arrive, and the file's
+sha256 advances with them, so the final chunk finishes the file rather than
+starting a copy of it. On object stores (no writes at an offset) each chunk
+is stored as a part named by its offset; the final chunk checks the parts
+for gaps and overlaps and streams them, in order, into the assembled object
+while hashing it. Either way memory holds one chunk or block at a time
+whatever the file size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,6 +58,9 @@ def handle(chunk: dict[str, Any], headers: dict[str, str]) -> list[Output]:
         digest = objects.digest(assembled)
         return [_assembled(chunk, headers, digest)]
 
+    if objects.in_place:
+        return _assemble_in_place(chunk, headers)
+
     objects.put(storage.part_key(tenant, upload_id, chunk["offset"]), data)
     if end < chunk["upload_length"]:
         return []
@@ -73,16 +81,113 @@ def handle(chunk: dict[str, Any], headers: dict[str, str]) -> list[Output]:
     return [_assembled(chunk, headers, digest)]
 
 
+class RunningDigests:
+    """The sha256 of each upload's file so far, advanced chunk by chunk.
+
+    Held in memory only: after a restart, or for an upload whose chunks came
+    out of order, there is none and the finished file is hashed once from
+    disk instead. Bounded, so abandoned uploads cannot pile up.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._digests: OrderedDict[tuple[str, str], tuple[Any, int]] = OrderedDict()
+
+    def advance(self, upload: tuple[str, str], offset: int, data: bytes) -> None:
+        entry = self._digests.pop(upload, None)
+        if entry is None and offset == 0:
+            entry = (hashlib.sha256(), 0)
+        if entry is None:
+            return
+        digest, covered = entry
+        if offset == covered:
+            digest.update(data)
+            covered += len(data)
+        elif offset + len(data) > covered:
+            return  # bytes past a gap: hash from disk at the end
+        self._digests[upload] = (digest, covered)
+        while len(self._digests) > self._limit:
+            self._digests.popitem(last=False)
+
+    def finish(self, upload: tuple[str, str], length: int) -> str | None:
+        """The hex digest if it covers exactly [0, length), else None."""
+        entry = self._digests.pop(upload, None)
+        if entry is None or entry[1] != length:
+            return None
+        return str(entry[0].hexdigest())
+
+
+RUNNING = RunningDigests()
+
+
+def _assemble_in_place(chunk: dict[str, Any], headers: dict[str, str]) -> list[Output]:
+    tenant, upload_id, length = (
+        chunk["tenant"],
+        chunk["upload_id"],
+        chunk["upload_length"],
+    )
+    objects = store()
+    upload = (tenant, upload_id)
+    assembling = storage.assembling_key(tenant, upload_id)
+    if objects.write_at(assembling, chunk["offset"], chunk["data"]):
+        RUNNING.advance(upload, chunk["offset"], chunk["data"])
+    else:
+        # Ahead of the bytes in place (an earlier chunk is not here yet):
+        # kept as a part until the file reaches it.
+        objects.put(storage.part_key(tenant, upload_id, chunk["offset"]), chunk["data"])
+    if chunk["offset"] + chunk["length"] < length:
+        return []
+
+    size = _merge_parts(tenant, upload_id)
+    if size != length and SOURCE in headers:
+        # A chunk the stream processor never delivered: it is still in Kafka.
+        repaired = repair_parts(chunk, headers[SOURCE], covered=size)
+        log.warning("file.parts_repaired", parts=repaired)
+        size = _merge_parts(tenant, upload_id)
+    if size != length:
+        raise IntegrityError("upload has gaps or overlaps between its chunks")
+    sha256 = RUNNING.finish(upload, length)
+    digest = (
+        storage.Digest(size=length, sha256=sha256)
+        if sha256 is not None
+        else objects.digest(assembling)
+    )
+    assembled = storage.assembled_key(tenant, upload_id)
+    # On disk before the event says it exists: the chunks' offsets may be
+    # committed once the event is acknowledged.
+    objects.sync(assembling)
+    objects.rename(assembling, assembled)
+    objects.delete_prefix(storage.parts_prefix(tenant, upload_id))
+    log.info("file.assembled", size=digest.size, hashed_in_stream=sha256 is not None)
+    return [_assembled(chunk, headers, digest)]
+
+
+def _merge_parts(tenant: str, upload_id: str) -> int:
+    """Write parts that the in-place file has reached into it; its size after."""
+    objects = store()
+    assembling = storage.assembling_key(tenant, upload_id)
+    sizes = objects.list_sizes(storage.parts_prefix(tenant, upload_id))
+    for name in sorted(n for n in sizes if n.isdigit()):
+        key = storage.part_key(tenant, upload_id, int(name))
+        if not objects.write_at(
+            assembling, int(name), objects.read_head(key, sizes[name])
+        ):
+            break
+        objects.delete_prefix(key)
+    return objects.size(assembling) if objects.exists(assembling) else 0
+
+
 REPAIR_WINDOW = 2000
 REPAIR_MAX_MESSAGES = 200_000
 
 
-def repair_parts(final: dict[str, Any], source: str) -> int:
+def repair_parts(final: dict[str, Any], source: str, covered: int = 0) -> int:
     """Store the upload's chunks found before the final one in its partition.
 
     Reads the chunks topic backwards from the final chunk, a window at a
-    time, read_committed, and stores every chunk of this upload whose part
-    is missing or of the wrong size. Returns how many parts it stored.
+    time, read_committed, and stores every chunk of this upload that lies
+    past ``covered`` (bytes already assembled in place) and whose part is
+    missing or of the wrong size. Returns how many parts it stored.
     """
     from confluent_kafka import Consumer, TopicPartition
 
@@ -118,6 +223,9 @@ def repair_parts(final: dict[str, Any], source: str) -> int:
                 if message.key() != upload_id.encode():
                     continue
                 record = codec.decode("Chunk", message.value() or b"")
+                covered_first_chunk = covered_first_chunk or record["offset"] == 0
+                if record["offset"] + record["length"] <= covered:
+                    continue
                 key = storage.part_key(tenant, upload_id, record["offset"])
                 data: bytes = record["data"]
                 if hashlib.sha256(data).hexdigest() != record["sha256"]:
@@ -125,7 +233,6 @@ def repair_parts(final: dict[str, Any], source: str) -> int:
                 if not objects.exists(key) or objects.size(key) != len(data):
                     objects.put(key, data)
                     stored += 1
-                covered_first_chunk = covered_first_chunk or record["offset"] == 0
             if covered_first_chunk:
                 break
             end = start

@@ -3,7 +3,11 @@
 Keys are deterministic, so writing the same object twice (an agent replaying
 after a crash) overwrites it with the same bytes instead of creating a copy:
 
+    staging/{tenant}/{upload_id}/assembling           local storage: the file so
+                                                      far, chunks written in place
     staging/{tenant}/{upload_id}/parts/{offset:020d}  chunk bytes as received
+                                                      (object stores, or a chunk
+                                                      ahead of the bytes in place)
     staging/{tenant}/{upload_id}/assembled            the whole file, pre-scan
     files/{tenant}/sha256/{h[:2]}/{h}                 clean content, once per
                                                       tenant and digest
@@ -24,7 +28,7 @@ from typing import Any
 
 import fsspec
 
-from streams.errors import StorageUnavailable
+from streams.errors import IntegrityError, StorageUnavailable
 
 COPY_BLOCK = 1024 * 1024
 
@@ -39,6 +43,10 @@ def parts_prefix(tenant: str, upload_id: str) -> str:
 
 def staging_prefix(tenant: str, upload_id: str) -> str:
     return f"staging/{tenant}/{upload_id}"
+
+
+def assembling_key(tenant: str, upload_id: str) -> str:
+    return f"staging/{tenant}/{upload_id}/assembling"
 
 
 def assembled_key(tenant: str, upload_id: str) -> str:
@@ -98,6 +106,54 @@ class ObjectStore:
         except OSError as exc:
             raise StorageUnavailable(f"cannot write {key}: {exc}") from exc
 
+    @property
+    def in_place(self) -> bool:
+        """Whether objects can be written at an offset (local storage)."""
+        return self._local
+
+    def write_at(self, key: str, offset: int, data: bytes) -> bool:
+        """Write data at offset into a local file that holds [0, offset) already.
+
+        Returns False, writing nothing, when the file is shorter than offset:
+        the file only ever holds a gapless prefix. Bytes already in place
+        must equal data where the two overlap (a replayed chunk); otherwise
+        IntegrityError, and nothing is written.
+        """
+        path = self.path(key)
+        try:
+            os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+            try:
+                size = os.fstat(fd).st_size
+                if offset > size:
+                    return False
+                present = os.pread(fd, min(len(data), size - offset), offset)
+                if present != data[: len(present)]:
+                    raise IntegrityError("chunk differs from the bytes stored there")
+                view = memoryview(data)[len(present) :]
+                position = offset + len(present)
+                while view:
+                    written = os.pwrite(fd, view, position)
+                    view, position = view[written:], position + written
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot write {key}: {exc}") from exc
+        return True
+
+    def sync(self, key: str) -> None:
+        """Flush a local object's bytes to disk (fsync); nothing elsewhere."""
+        if not self._local:
+            return
+        try:
+            fd = os.open(self.path(key), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot sync {key}: {exc}") from exc
+
     def exists(self, key: str) -> bool:
         try:
             return bool(self._fs.exists(self.path(key)))
@@ -152,8 +208,9 @@ class ObjectStore:
     def write_stream(self, key: str, blocks: Iterator[bytes]) -> Digest:
         """Write blocks to key through a temporary name; return size and sha256.
 
-        The object appears under its final key only once complete, so a crash
-        mid-write never leaves a truncated file where a whole one is expected.
+        The object appears under its final key only once complete and on
+        disk, so a crash mid-write never leaves a truncated file where a
+        whole one is expected.
         """
         path = self.path(key)
         tmp = f"{path}.partial"
@@ -167,6 +224,7 @@ class ObjectStore:
                     digest.update(block)
                     size += len(block)
                     out.write(block)
+            self.sync(f"{key}.partial")
             self._fs.mv(tmp, path)
         except OSError as exc:
             raise StorageUnavailable(f"cannot write {key}: {exc}") from exc

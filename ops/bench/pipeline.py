@@ -6,13 +6,15 @@ Reports, in one run:
   clamd's StreamMaxLength, so it is held SUSPICIOUS without being streamed
   to clamd) and while it assembles and scans a 400 MiB one;
 * pipeline throughput, MB/s from "upload complete" to "verdict queryable",
-  on the 400 MiB file, beside clamd alone scanning the same bytes (INSTREAM
-  from the same disk), and their ratio.
+  on 400 MiB files, beside clamd alone scanning the same bytes (INSTREAM
+  from the same disk, clamd's cache off), in rounds, and the median of
+  their ratios.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -26,6 +28,8 @@ MiB = 1024 * 1024
 # SLUICE_BENCH_BIG_MIB=0 skips the large upload (quicker runs while tuning).
 BIG = int(os.environ.get("SLUICE_BENCH_BIG_MIB", "4096")) * MiB
 SCANNED = 400 * MiB
+# Rounds of pipeline-then-clamd-alone; the ratio reported is their median.
+ROUNDS = int(os.environ.get("SLUICE_BENCH_ROUNDS", "3"))
 TENANT = "bench"
 
 
@@ -69,6 +73,10 @@ def random_file(path: Path, size: int) -> Path:
             block = os.urandom(min(8 * MiB, left))
             out.write(block)
             left -= len(block)
+        # On disk before anything is timed: writeback of these pages would
+        # otherwise land in the middle of a measurement.
+        out.flush()
+        os.fsync(out.fileno())
     return path
 
 
@@ -135,24 +143,32 @@ def large_upload(
 def scanned_upload(
     work: Path, settings: Settings, headers: dict[str, str], worker_pid: int
 ) -> list[str]:
-    scanned = random_file(work / "scanned.bin", SCANNED)
-    upload_s, verdict_s, rss, result = ingest(scanned, settings, headers, worker_pid)
-    pipeline = SCANNED / MiB / verdict_s
-    # clamd caches the digests of clean files it has scanned: the same bytes
-    # again would measure its cache. Other bytes of the same size measure
-    # the scan itself, as the pipeline met it.
-    scanned.unlink()
-    fresh = random_file(work / "fresh.bin", SCANNED)
+    """clamd alone, then the pipeline, on each round's file; the median ratio."""
+    lines, ratios = [], []
     clamd = Clamd(settings.clamd_host, settings.clamd_port, timeout_s=600)
-    started = time.monotonic()
-    with fresh.open("rb") as handle:
-        reply = clamd.scan(iter(lambda: handle.read(MiB), b""))
-    alone = SCANNED / MiB / (time.monotonic() - started)
-    fresh.unlink()
-    return [
-        f"400 MiB file: verdict {result['verdict']} ({reply.status} from clamd "
-        f"alone); worker RSS peak {rss.peak / MiB:.0f} MB "
-        f"(+{(rss.peak - rss.baseline) / MiB:.0f} MB)",
-        f"pipeline {pipeline:.0f} MB/s upload-complete to verdict; clamd alone "
-        f"{alone:.0f} MB/s; ratio {pipeline / alone:.2f} (target >= 0.80)",
-    ]
+    for round_ in range(1, ROUNDS + 1):
+        # The same bytes for both (the bench stack's clamd keeps no cache):
+        # how long clamd scans depends on what the bytes happen to contain.
+        scanned = random_file(work / "scanned.bin", SCANNED)
+        started = time.monotonic()
+        with scanned.open("rb") as handle:
+            reply = clamd.scan(iter(lambda: handle.read(MiB), b""))
+        alone = SCANNED / MiB / (time.monotonic() - started)
+        upload_s, verdict_s, rss, result = ingest(
+            scanned, settings, headers, worker_pid
+        )
+        pipeline = SCANNED / MiB / verdict_s
+        scanned.unlink()
+        ratios.append(pipeline / alone)
+        lines += [
+            f"round {round_}: 400 MiB file {result['verdict']} ({reply.status} "
+            f"from clamd alone), worker RSS peak {rss.peak / MiB:.0f} MB "
+            f"(+{(rss.peak - rss.baseline) / MiB:.0f} MB); pipeline "
+            f"{pipeline:.0f} MB/s upload-complete to verdict, clamd alone "
+            f"{alone:.0f} MB/s, ratio {pipeline / alone:.2f}",
+        ]
+    lines.append(
+        f"pipeline / clamd alone: median ratio {statistics.median(ratios):.2f} "
+        f"over {ROUNDS} rounds (target >= 0.80)"
+    )
+    return lines

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Local clamd (Debian clamav-daemon) with the project's test signatures.
 #   ops/scripts/clamd.sh start|stop|status
-# Env: SLUICE_HOME (.sluice), SLUICE_CLAMD_HOST (127.0.0.1), SLUICE_CLAMD_PORT (3310).
+# Env: SLUICE_HOME (.sluice), SLUICE_CLAMD_HOST (127.0.0.1), SLUICE_CLAMD_PORT (3310),
+#      SLUICE_CLAMD_CACHE (on; off disables clamd's clean-file cache).
 set -euo pipefail
 # shellcheck source=ops/scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -39,7 +40,8 @@ start() {
   cp "$REPO_ROOT"/ops/clamav/signatures/* "$DB_DIR/"
   render "$REPO_ROOT/ops/clamav/clamd.conf.in" "$CONF" \
     DB_DIR="$DB_DIR" TMP_DIR="$CLAM_DIR/tmp" HOST="$HOST" PORT="$PORT" \
-    LOG_FILE="$LOG_DIR/clamd.log"
+    LOG_FILE="$LOG_DIR/clamd.log" \
+    DISABLE_CACHE="$([[ ${SLUICE_CLAMD_CACHE:-on} == off ]] && echo yes || echo no)"
   start_bg "$NAME" "$PATTERN" "$CLAMD_BIN" --config-file="$CONF"
   wait_until "$NAME" "$PATTERN" 60 pong
   log "clamd: ready on $HOST:$PORT (pid $(<"$RUN_DIR/$NAME.pid"), log $LOG_DIR/clamd.log)"
