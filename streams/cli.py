@@ -913,11 +913,18 @@ def _keys_parser(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from streams.errors import DependencyUnavailable
+
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except _Refused as refused:
         return refused.code
+    except DependencyUnavailable as exc:
+        # Kafka, clamd, storage or the warehouse is down: say which, no
+        # traceback; a distinct exit code lets scripts retry.
+        print(f"sluice: {exc}", file=sys.stderr)
+        return 69  # EX_UNAVAILABLE
     return code
 
 
