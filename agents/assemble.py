@@ -23,29 +23,35 @@ import faust
 from agents.deps import already_routed, store
 from streams import codec, storage, topics
 from streams.config import Settings, get_settings
-from streams.errors import IntegrityError
-from streams.events import now_ms
+from streams.errors import DecodeError, IntegrityError
+from streams.events import headers_to_dict, now_ms
 from streams.logs import get_logger
-from streams.pipeline import SOURCE, Output, Sender, Step, process
+from streams.pipeline import SOURCE, Output, Sender, Step, process, tenant_matches
 
 log = get_logger(__name__)
 
 SAFE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
-def handle(chunk: dict[str, Any], headers: dict[str, str]) -> list[Output]:
-    tenant, upload_id = chunk["tenant"], chunk["upload_id"]
+def check_chunk(chunk: dict[str, Any]) -> None:
+    """What every chunk must satisfy before any of its bytes are stored."""
     # Ids become storage paths: refuse anything that could escape them.
-    if not SAFE_ID.match(tenant) or not SAFE_ID.match(upload_id):
+    if not SAFE_ID.match(chunk["tenant"]) or not SAFE_ID.match(chunk["upload_id"]):
         raise IntegrityError("tenant or upload id is not a safe identifier")
     data: bytes = chunk["data"]
     if len(data) != chunk["length"]:
         raise IntegrityError("chunk length does not match its data")
     if hashlib.sha256(data).hexdigest() != chunk["sha256"]:
         raise IntegrityError("chunk checksum mismatch")
-    end = chunk["offset"] + chunk["length"]
-    if chunk["offset"] < 0 or end > chunk["upload_length"]:
+    if chunk["offset"] < 0 or chunk["offset"] + len(data) > chunk["upload_length"]:
         raise IntegrityError("chunk lies outside the declared upload length")
+
+
+def handle(chunk: dict[str, Any], headers: dict[str, str]) -> list[Output]:
+    check_chunk(chunk)
+    tenant, upload_id = chunk["tenant"], chunk["upload_id"]
+    data: bytes = chunk["data"]
+    end = chunk["offset"] + chunk["length"]
 
     if already_routed(tenant, upload_id):
         return []  # a replay of a finished upload
@@ -53,6 +59,8 @@ def handle(chunk: dict[str, Any], headers: dict[str, str]) -> list[Output]:
     assembled = storage.assembled_key(tenant, upload_id)
     if objects.exists(assembled):
         # A replay after assembly: restate the result, store nothing new.
+        if objects.read_range(assembled, chunk["offset"], len(data)) != data:
+            raise IntegrityError("chunk differs from the assembled file")
         if end != chunk["upload_length"]:
             return []
         digest = objects.digest(assembled)
@@ -61,9 +69,10 @@ def handle(chunk: dict[str, Any], headers: dict[str, str]) -> list[Output]:
     if objects.in_place:
         return _assemble_in_place(chunk, headers)
 
-    objects.put(storage.part_key(tenant, upload_id, chunk["offset"]), data)
+    _store_part(chunk)
     if end < chunk["upload_length"]:
         return []
+    _refuse_if_conflicted(tenant, upload_id)
 
     parts = _contiguous_parts(tenant, upload_id, chunk["upload_length"])
     if parts is None and SOURCE in headers:
@@ -84,17 +93,25 @@ def handle(chunk: dict[str, Any], headers: dict[str, str]) -> list[Output]:
 class RunningDigests:
     """The sha256 of each upload's file so far, advanced chunk by chunk.
 
-    Held in memory only: after a restart, or for an upload whose chunks came
-    out of order, there is none and the finished file is hashed once from
-    disk instead. Bounded, so abandoned uploads cannot pile up.
+    Held in memory only: after a restart, a rebalance, or for an upload
+    whose chunks came out of order, there is none and the finished file is
+    hashed once from disk instead. An entry is trusted only while the file
+    is at least as long as what it hashed (the file only grows; shorter
+    means it was removed and begun again). Bounded, so abandoned uploads
+    cannot pile up.
     """
 
     def __init__(self, limit: int = 4096) -> None:
         self._limit = limit
         self._digests: OrderedDict[tuple[str, str], tuple[Any, int]] = OrderedDict()
 
-    def advance(self, upload: tuple[str, str], offset: int, data: bytes) -> None:
+    def advance(
+        self, upload: tuple[str, str], offset: int, data: bytes, size_before: int
+    ) -> None:
+        """Note data written at offset into a file that held size_before bytes."""
         entry = self._digests.pop(upload, None)
+        if entry is not None and size_before < entry[1]:
+            entry = None  # not the file this digest was taken of
         if entry is None and offset == 0:
             entry = (hashlib.sha256(), 0)
         if entry is None:
@@ -116,36 +133,49 @@ class RunningDigests:
             return None
         return str(entry[0].hexdigest())
 
+    def forget(self, upload: tuple[str, str]) -> None:
+        self._digests.pop(upload, None)
+
+    def clear(self) -> None:
+        self._digests.clear()
+
 
 RUNNING = RunningDigests()
 
 
 def _assemble_in_place(chunk: dict[str, Any], headers: dict[str, str]) -> list[Output]:
-    tenant, upload_id, length = (
-        chunk["tenant"],
-        chunk["upload_id"],
-        chunk["upload_length"],
-    )
+    tenant, upload_id = chunk["tenant"], chunk["upload_id"]
+    length = chunk["upload_length"]
     objects = store()
     upload = (tenant, upload_id)
     assembling = storage.assembling_key(tenant, upload_id)
-    if objects.write_at(assembling, chunk["offset"], chunk["data"]):
-        RUNNING.advance(upload, chunk["offset"], chunk["data"])
+    try:
+        size_before = objects.write_at(assembling, chunk["offset"], chunk["data"])
+    except IntegrityError:
+        _mark_conflicted(tenant, upload_id)
+        raise
+    if size_before is not None:
+        RUNNING.advance(upload, chunk["offset"], chunk["data"], size_before)
     else:
         # Ahead of the bytes in place (an earlier chunk is not here yet):
         # kept as a part until the file reaches it.
-        objects.put(storage.part_key(tenant, upload_id, chunk["offset"]), chunk["data"])
+        _store_part(chunk)
     if chunk["offset"] + chunk["length"] < length:
         return []
 
-    size = _merge_parts(tenant, upload_id)
-    if size != length and SOURCE in headers:
-        # A chunk the stream processor never delivered: it is still in Kafka.
-        repaired = repair_parts(chunk, headers[SOURCE], covered=size)
-        log.warning("file.parts_repaired", parts=repaired)
+    try:
+        _refuse_if_conflicted(tenant, upload_id)
         size = _merge_parts(tenant, upload_id)
-    if size != length:
-        raise IntegrityError("upload has gaps or overlaps between its chunks")
+        if size != length and SOURCE in headers:
+            # A chunk the stream processor never delivered: still in Kafka.
+            repaired = repair_parts(chunk, headers[SOURCE], covered=size)
+            log.warning("file.parts_repaired", parts=repaired)
+            size = _merge_parts(tenant, upload_id)
+        if size != length:
+            raise IntegrityError("upload has gaps or overlaps between its chunks")
+    except IntegrityError:
+        RUNNING.forget(upload)
+        raise
     sha256 = RUNNING.finish(upload, length)
     digest = (
         storage.Digest(size=length, sha256=sha256)
@@ -162,6 +192,31 @@ def _assemble_in_place(chunk: dict[str, Any], headers: dict[str, str]) -> list[O
     return [_assembled(chunk, headers, digest)]
 
 
+def _store_part(chunk: dict[str, Any]) -> None:
+    """Stage a chunk as a part; a part already there must hold the same bytes."""
+    tenant, upload_id = chunk["tenant"], chunk["upload_id"]
+    objects = store()
+    key = storage.part_key(tenant, upload_id, chunk["offset"])
+    if objects.exists(key):
+        if objects.read_head(key, chunk["length"] + 1) != chunk["data"]:
+            _mark_conflicted(tenant, upload_id)
+            raise IntegrityError("chunk differs from the bytes stored there")
+        return
+    objects.put(key, chunk["data"])
+
+
+def _mark_conflicted(tenant: str, upload_id: str) -> None:
+    """Remember that two chunks of this upload disagreed: it never completes."""
+    store().put(storage.conflict_key(tenant, upload_id), b"conflicting chunks\n")
+
+
+def _refuse_if_conflicted(tenant: str, upload_id: str) -> None:
+    if store().exists(storage.conflict_key(tenant, upload_id)):
+        raise IntegrityError(
+            "upload refused: two of its chunks carried different bytes for one range"
+        )
+
+
 def _merge_parts(tenant: str, upload_id: str) -> int:
     """Write parts that the in-place file has reached into it; its size after."""
     objects = store()
@@ -169,10 +224,13 @@ def _merge_parts(tenant: str, upload_id: str) -> int:
     sizes = objects.list_sizes(storage.parts_prefix(tenant, upload_id))
     for name in sorted(n for n in sizes if n.isdigit()):
         key = storage.part_key(tenant, upload_id, int(name))
-        if not objects.write_at(
-            assembling, int(name), objects.read_head(key, sizes[name])
-        ):
-            break
+        data = objects.read_head(key, sizes[name])
+        try:
+            if objects.write_at(assembling, int(name), data) is None:
+                break
+        except IntegrityError:
+            _mark_conflicted(tenant, upload_id)
+            raise
         objects.delete_prefix(key)
     return objects.size(assembling) if objects.exists(assembling) else 0
 
@@ -185,9 +243,9 @@ def repair_parts(final: dict[str, Any], source: str, covered: int = 0) -> int:
     """Store the upload's chunks found before the final one in its partition.
 
     Reads the chunks topic backwards from the final chunk, a window at a
-    time, read_committed, and stores every chunk of this upload that lies
-    past ``covered`` (bytes already assembled in place) and whose part is
-    missing or of the wrong size. Returns how many parts it stored.
+    time, read_committed, and stages as a part every chunk of this upload
+    that passes the agent's own checks and lies past ``covered`` (bytes
+    already assembled in place). Returns how many parts it added.
     """
     from confluent_kafka import Consumer, TopicPartition
 
@@ -222,23 +280,46 @@ def repair_parts(final: dict[str, Any], source: str, covered: int = 0) -> int:
                     break
                 if message.key() != upload_id.encode():
                     continue
-                record = codec.decode("Chunk", message.value() or b"")
+                record = _repairable(message, final)
+                if record is None:
+                    continue
                 covered_first_chunk = covered_first_chunk or record["offset"] == 0
                 if record["offset"] + record["length"] <= covered:
                     continue
                 key = storage.part_key(tenant, upload_id, record["offset"])
-                data: bytes = record["data"]
-                if hashlib.sha256(data).hexdigest() != record["sha256"]:
-                    continue
-                if not objects.exists(key) or objects.size(key) != len(data):
-                    objects.put(key, data)
+                if not objects.exists(key):
                     stored += 1
+                _store_part(record)
             if covered_first_chunk:
                 break
             end = start
     finally:
         consumer.close()
     return stored
+
+
+def _repairable(message: Any, final: dict[str, Any]) -> dict[str, Any] | None:
+    """A chunk read back from Kafka, if it passes what the agent would check.
+
+    The same checks as a delivered chunk (tenant header and record agree,
+    ids, length, checksum, bounds), and it must belong to the final chunk's
+    upload: same tenant, same declared length. Anything else was, or would
+    have been, dead-lettered; repair never brings it back.
+    """
+    try:
+        record = codec.decode("Chunk", message.value() or b"")
+    except DecodeError:
+        return None
+    headers = headers_to_dict(message.headers())
+    if not tenant_matches(headers, record) or record["tenant"] != final["tenant"]:
+        return None
+    if record["upload_length"] != final["upload_length"]:
+        return None
+    try:
+        check_chunk(record)
+    except IntegrityError:
+        return None
+    return record
 
 
 def _contiguous_parts(tenant: str, upload_id: str, length: int) -> list[int] | None:
@@ -290,6 +371,12 @@ STEP = Step(agent="assemble", input_schema="Chunk", handler=handle)
 
 def register(app: faust.App, sender: Sender, settings: Settings) -> None:
     from streams.app import raw_topic
+
+    async def _revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        # Another worker may write these uploads' files from now on.
+        RUNNING.clear()
+
+    app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
 
     @app.agent(raw_topic(app, topics.CHUNKS), name="assemble")
     async def assemble(stream: faust.StreamT) -> None:

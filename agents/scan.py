@@ -9,6 +9,8 @@ dead-lettered as SCAN_UNAVAILABLE, never passed on.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import faust
@@ -16,6 +18,7 @@ import faust
 from agents.deps import clamd, staged, store
 from streams import topics
 from streams.config import Settings, get_settings
+from streams.errors import IntegrityError
 from streams.events import now_ms
 from streams.logs import get_logger
 from streams.pipeline import Output, Sender, Step, register_laned
@@ -37,7 +40,18 @@ def handle(stage: dict[str, Any], headers: dict[str, str]) -> list[Output]:
     if stage["size"] > settings.clamd_stream_max_bytes:
         status, signature = "SUSPICIOUS", LIMIT_SIGNATURE
     else:
-        reply = scanner.scan(objects.read_blocks(stage["staging_key"]))
+        digest = hashlib.sha256()
+
+        def blocks() -> Iterator[bytes]:
+            for block in objects.read_blocks(stage["staging_key"]):
+                digest.update(block)
+                yield block
+
+        reply = scanner.scan(blocks())
+        # The bytes clamd judged must be the bytes assembly hashed: the
+        # digest names the content from here on (dedupe, final place).
+        if digest.hexdigest() != stage["sha256"]:
+            raise IntegrityError("staged file differs from its recorded sha256")
         status, signature = reply.status, reply.signature
     log.info("file.scanned", status=status, signature=signature, engine=engine)
 

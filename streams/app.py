@@ -78,6 +78,22 @@ _faust_ack = faust_consumer.Consumer.ack
 faust_consumer.Consumer.ack = _ack_processed_only  # type: ignore[method-assign]
 
 
+def _getmany_short_wait(self: Any, timeout: float) -> Any:
+    """Consumer.getmany waiting at most 100 ms for records, not Faust's 1 s.
+
+    Faust stops fetching a partition whose stream buffer is full and only
+    asks for it again on its next fetch; the fetch before that waits the
+    whole timeout for the other, idle partitions. Chunk events fill the
+    buffer in a few hundred milliseconds, so every refill cost a second of
+    idling (assembly ran at a third of its speed).
+    """
+    return _faust_getmany(self, min(timeout, 0.1))
+
+
+_faust_getmany = faust_consumer.Consumer.getmany
+faust_consumer.Consumer.getmany = _getmany_short_wait  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings) -> faust.App:
     datadir = settings.home / "worker" / settings.worker_name
     datadir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,9 @@ after a crash) overwrites it with the same bytes instead of creating a copy:
     staging/{tenant}/{upload_id}/parts/{offset:020d}  chunk bytes as received
                                                       (object stores, or a chunk
                                                       ahead of the bytes in place)
+    staging/{tenant}/{upload_id}/conflict             marker: a chunk disagreed
+                                                      with stored bytes; the
+                                                      upload is refused
     staging/{tenant}/{upload_id}/assembled            the whole file, pre-scan
     files/{tenant}/sha256/{h[:2]}/{h}                 clean content, once per
                                                       tenant and digest
@@ -47,6 +50,10 @@ def staging_prefix(tenant: str, upload_id: str) -> str:
 
 def assembling_key(tenant: str, upload_id: str) -> str:
     return f"staging/{tenant}/{upload_id}/assembling"
+
+
+def conflict_key(tenant: str, upload_id: str) -> str:
+    return f"staging/{tenant}/{upload_id}/conflict"
 
 
 def assembled_key(tenant: str, upload_id: str) -> str:
@@ -111,13 +118,14 @@ class ObjectStore:
         """Whether objects can be written at an offset (local storage)."""
         return self._local
 
-    def write_at(self, key: str, offset: int, data: bytes) -> bool:
+    def write_at(self, key: str, offset: int, data: bytes) -> int | None:
         """Write data at offset into a local file that holds [0, offset) already.
 
-        Returns False, writing nothing, when the file is shorter than offset:
-        the file only ever holds a gapless prefix. Bytes already in place
-        must equal data where the two overlap (a replayed chunk); otherwise
-        IntegrityError, and nothing is written.
+        Returns the file's size before the write, or None, writing nothing,
+        when the file is shorter than offset: the file only ever holds a
+        gapless prefix. Bytes already in place must equal data where the
+        two overlap (a replayed chunk); otherwise IntegrityError, and
+        nothing is written.
         """
         path = self.path(key)
         try:
@@ -126,7 +134,7 @@ class ObjectStore:
             try:
                 size = os.fstat(fd).st_size
                 if offset > size:
-                    return False
+                    return None
                 present = os.pread(fd, min(len(data), size - offset), offset)
                 if present != data[: len(present)]:
                     raise IntegrityError("chunk differs from the bytes stored there")
@@ -139,7 +147,16 @@ class ObjectStore:
                 os.close(fd)
         except OSError as exc:
             raise StorageUnavailable(f"cannot write {key}: {exc}") from exc
-        return True
+        return size
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Up to length bytes of an object from offset."""
+        try:
+            with self._fs.open(self.path(key), "rb") as handle:
+                handle.seek(offset)
+                return bytes(handle.read(length))
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read {key}: {exc}") from exc
 
     def sync(self, key: str) -> None:
         """Flush a local object's bytes to disk (fsync); nothing elsewhere."""
@@ -199,11 +216,7 @@ class ObjectStore:
             raise StorageUnavailable(f"cannot read {key}: {exc}") from exc
 
     def read_head(self, key: str, length: int) -> bytes:
-        try:
-            with self._fs.open(self.path(key), "rb") as handle:
-                return bytes(handle.read(length))
-        except OSError as exc:
-            raise StorageUnavailable(f"cannot read {key}: {exc}") from exc
+        return self.read_range(key, 0, length)
 
     def write_stream(self, key: str, blocks: Iterator[bytes]) -> Digest:
         """Write blocks to key through a temporary name; return size and sha256.

@@ -16,7 +16,7 @@ import pytest
 
 import agents.assemble as assemble
 import agents.deps as deps
-from streams import storage
+from streams import codec, storage
 from streams.errors import IntegrityError
 from streams.storage import ObjectStore
 
@@ -39,6 +39,8 @@ def chunks_of(upload_id: str, data: bytes) -> list[dict[str, Any]]:
                 "sha256": hashlib.sha256(piece).hexdigest(),
                 "filename": "data.bin",
                 "metadata": {},
+                "event_id": f"{upload_id}:{offset}",
+                "produced_at": 0,
             }
         )
     return out
@@ -136,3 +138,90 @@ def test_a_chunk_that_rewrites_stored_bytes_is_refused(objects: ObjectStore) -> 
     path = objects.local_path(storage.assembling_key(TENANT, "u5"))
     assert path is not None
     assert Path(path).read_bytes() == data[: 2 * CHUNK]
+
+
+def test_a_running_digest_never_outlives_its_file(objects: ObjectStore) -> None:
+    # Half of one content, staging removed (an expiry sweep), then the same
+    # id with other content: the digest must be of what is stored.
+    first = random.Random(6).randbytes(4 * CHUNK)
+    for chunk in chunks_of("u6", first)[:2]:
+        assemble.handle(chunk, {})
+    objects.delete_prefix(storage.staging_prefix(TENANT, "u6"))
+    second = random.Random(7).randbytes(4 * CHUNK)
+    outputs: list[Any] = []
+    for chunk in chunks_of("u6", second):
+        outputs = assemble.handle(chunk, {})
+    record = assembled_of(outputs)
+    assert record["sha256"] == hashlib.sha256(second).hexdigest()
+    assert objects.digest(record["staging_key"]).sha256 == record["sha256"]
+
+
+@pytest.mark.parametrize("order", [[0, 1, "1*", 2, 3], [0, 2, "2*", 1, 3]])
+def test_conflicting_chunks_refuse_the_upload(
+    objects: ObjectStore, order: list[int | str]
+) -> None:
+    """A second, different copy of a range: the copy and the upload refused.
+
+    The second order holds chunk 2 as a part (ahead of the file) when its
+    other copy arrives.
+    """
+    data = random.Random(8).randbytes(4 * CHUNK)
+    chunks = chunks_of("u7", data)
+    for step in order:
+        if isinstance(step, str):
+            original = chunks[int(step[0])]
+            forged = dict(original, data=bytes(reversed(original["data"])))
+            forged["sha256"] = hashlib.sha256(forged["data"]).hexdigest()
+            with pytest.raises(IntegrityError, match="differs from the bytes stored"):
+                assemble.handle(forged, {})
+            continue
+        if chunks[step]["offset"] + CHUNK < len(data):
+            assert assemble.handle(chunks[step], {}) == []
+        else:
+            with pytest.raises(IntegrityError, match="upload refused"):
+                assemble.handle(chunks[step], {})
+    assert not objects.exists(storage.assembled_key(TENANT, "u7"))
+
+
+def test_a_late_conflicting_chunk_is_refused(objects: ObjectStore) -> None:
+    data = random.Random(9).randbytes(3 * CHUNK)
+    chunks = chunks_of("u8", data)
+    for chunk in chunks:
+        outputs = assemble.handle(chunk, {})
+    assembled_of(outputs)
+    assert assemble.handle(chunks[1], {}) == []  # a replay restates nothing
+    forged = dict(chunks[1], data=bytes(CHUNK))
+    forged["sha256"] = hashlib.sha256(forged["data"]).hexdigest()
+    with pytest.raises(IntegrityError, match="differs from the assembled file"):
+        assemble.handle(forged, {})
+
+
+class _Message:
+    """A chunk event as confluent-kafka hands it back to repair."""
+
+    def __init__(self, record: dict[str, Any], tenant_header: str) -> None:
+        self._value = codec.encode("Chunk", record)
+        self._headers = [("tenant", tenant_header.encode())]
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return self._headers
+
+
+def test_repair_takes_only_chunks_the_agent_would_take() -> None:
+    data = random.Random(10).randbytes(3 * CHUNK)
+    first, middle, final = chunks_of("u9", data)
+    assert assemble._repairable(_Message(middle, TENANT), final) == dict(
+        middle, source="tus"
+    )
+    other_tenant = dict(middle, tenant="globex")
+    assert assemble._repairable(_Message(other_tenant, "globex"), final) is None
+    assert assemble._repairable(_Message(middle, "globex"), final) is None
+    resized = dict(middle, upload_length=len(data) + 1)
+    assert assemble._repairable(_Message(resized, TENANT), final) is None
+    outside = dict(middle, offset=len(data))
+    assert assemble._repairable(_Message(outside, TENANT), final) is None
+    corrupt = dict(middle, sha256=first["sha256"])
+    assert assemble._repairable(_Message(corrupt, TENANT), final) is None
