@@ -80,6 +80,17 @@ def _modified(entry: dict[str, Any]) -> float:
     return float(last.timestamp()) if last is not None else 0.0
 
 
+def _durable_replace(src: str, dst: str) -> None:
+    """Rename src over dst and fsync the directories, so the name survives a crash."""
+    os.replace(src, dst)
+    for directory in {os.path.dirname(src), os.path.dirname(dst)}:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @dataclass(frozen=True)
 class Digest:
     size: int
@@ -100,14 +111,22 @@ class ObjectStore:
         return f"{self._root}/{key}"
 
     def put(self, key: str, data: bytes) -> None:
-        """Write a whole object; on local storage it appears complete or not at all."""
+        """Write a whole object; on local storage it appears complete or not at all.
+
+        Local objects are on disk when this returns (file and directory
+        fsynced): markers and parts must survive what Kafka's committed
+        offsets survive.
+        """
         path = self.path(key)
         try:
             if self._local:
-                self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
                 tmp = f"{path}.partial"
-                self._fs.pipe_file(tmp, data)
-                os.replace(tmp, path)
+                with open(tmp, "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                _durable_replace(tmp, path)
                 return
             self._fs.pipe_file(path, data)
         except OSError as exc:
@@ -237,8 +256,11 @@ class ObjectStore:
                     digest.update(block)
                     size += len(block)
                     out.write(block)
-            self.sync(f"{key}.partial")
-            self._fs.mv(tmp, path)
+            if self._local:
+                self.sync(f"{key}.partial")
+                _durable_replace(tmp, path)
+            else:
+                self._fs.mv(tmp, path)
         except OSError as exc:
             raise StorageUnavailable(f"cannot write {key}: {exc}") from exc
         return Digest(size=size, sha256=digest.hexdigest())
@@ -253,7 +275,7 @@ class ObjectStore:
         target = self.path(dst)
         try:
             self._fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-            os.replace(self.path(src), target)
+            _durable_replace(self.path(src), target)
         except OSError as exc:
             raise StorageUnavailable(f"cannot move {src}: {exc}") from exc
         return True
