@@ -34,6 +34,7 @@ from streams.config import Settings
 from streams.errors import KafkaUnavailable
 from streams.events import make_headers, now_ms
 from streams.logs import get_logger
+from streams.produce import send_bounded
 from streams.topics import UPLOAD_STATE
 
 log = get_logger(__name__)
@@ -125,10 +126,10 @@ class UploadWriter:
             producer.begin_transaction()
             for chunk in chunks:
                 assert chunks_topic is not None
-                _produce(
+                send_bounded(
                     producer, chunks_topic, key, codec.encode("Chunk", chunk), headers
                 )
-            _produce(
+            send_bounded(
                 producer,
                 self._state_topic,
                 key,
@@ -151,23 +152,6 @@ class UploadWriter:
 
     def close(self) -> None:
         self._producer.flush(1)
-
-
-def _produce(
-    producer: Producer,
-    topic: str,
-    key: bytes,
-    value: bytes,
-    headers: list[tuple[str, str | bytes | None]],
-) -> None:
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key, headers=headers)
-            producer.poll(0)
-            return
-        except BufferError:
-            # Local queue full: wait for deliveries instead of growing memory.
-            producer.poll(0.05)
 
 
 def _abort(producer: Producer) -> None:

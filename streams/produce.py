@@ -137,14 +137,14 @@ def produce_file(
             filename=filename,
             chunk_bytes=settings.chunk_bytes,
         ):
-            _send(
+            send_bounded(
                 producer,
                 settings.topic(CHUNKS),
                 key,
                 codec.encode("Chunk", chunk),
                 headers,
             )
-        _send(
+        send_bounded(
             producer,
             settings.topic(UPLOAD_STATE),
             key,
@@ -161,17 +161,22 @@ def produce_file(
     return state
 
 
-def _send(
+def send_bounded(
     producer: Producer,
     topic: str,
     key: bytes,
     value: bytes,
     headers: list[tuple[str, str | bytes | None]],
 ) -> None:
+    """Produce one record; when the local queue is full, wait for deliveries.
+
+    Every transactional writer (the gateway's, ``sluice produce``) sends
+    through this, so none grows its memory past librdkafka's bound.
+    """
     while True:
         try:
             producer.produce(topic, value=value, key=key, headers=headers)
             producer.poll(0)
             return
         except BufferError:
-            producer.poll(0.1)  # wait for deliveries rather than grow memory
+            producer.poll(0.05)
