@@ -54,14 +54,17 @@ aiokafka_driver.AIOKafkaConsumerThread._create_worker_consumer = (  # type: igno
 def _ack_processed_only(self: Any, message: Any) -> bool:
     """Consumer.ack that never records an event the agent did not process.
 
-    Faust's stream drops events it fetched before a rebalance (flow control
-    suspended, or an older consumer generation) and acks them, so their
-    offsets could be committed although no agent saw them: a worker killed
-    after that commit loses them. Such acks are marked done but not
-    recorded; after the rebalance Faust seeks to the committed offsets and
-    the events come again. An event that was processed in the old
+    Faust's pure-Python stream iterator (the one it runs where its Cython
+    extension is not built) drops events it fetched before a rebalance
+    (flow control suspended, or an older consumer generation) and acks
+    them, so their offsets could be committed although no agent saw them: a
+    worker killed after that commit loses them. Such acks are marked done
+    but not recorded; after the rebalance Faust seeks to the committed
+    offsets and the events come again. An event processed in the old
     generation comes again too, which is harmless: every effect is
-    idempotent.
+    idempotent. The Cython iterator (used with the wheels pinned here)
+    inlines its acks and does not ack dropped events;
+    tests/test_faust_patches.py checks both stay so.
     """
     app = self.app
     if (
