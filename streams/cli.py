@@ -372,6 +372,8 @@ def _serve_jwks(jwks: dict[str, Any], listen: str) -> int:
     import ipaddress
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+    from streams.logs import get_logger
+
     host, _, port = listen.rpartition(":")
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -396,7 +398,9 @@ def _serve_jwks(jwks: dict[str, Any], listen: str) -> int:
             self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
-            pass  # a key server's access log is noise here
+            # http.server would print every request on stderr; keep it as
+            # a debug record instead.
+            get_logger(__name__).debug("jwks.request", request=format % args)
 
     server = ThreadingHTTPServer((host, int(port)), Handler)
     err.print(

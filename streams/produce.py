@@ -34,8 +34,11 @@ from streams.auth import check_tenant
 from streams.config import Settings
 from streams.errors import InvalidRequest, KafkaUnavailable
 from streams.events import make_headers, new_id, now_ms
+from streams.logs import get_logger
 from streams.names import InvalidFilename, validate_filename
 from streams.topics import CHUNKS, UPLOAD_STATE
+
+log = get_logger(__name__)
 
 TRANSACTION_TIMEOUT_MS = 300_000
 
@@ -155,8 +158,9 @@ def produce_file(
     except KafkaException as exc:
         try:
             producer.abort_transaction(30)
-        except KafkaException:
-            pass  # the transaction times out on the broker instead
+        except KafkaException as abort_error:
+            # The broker aborts it when transaction.timeout.ms runs out.
+            log.warning("produce.abort_failed", error=str(abort_error))
         raise KafkaUnavailable(f"cannot produce {path.name}: {exc}") from exc
     return state
 

@@ -124,9 +124,9 @@ def test_a_missing_chunk_is_a_gap_not_a_file(objects: ObjectStore) -> None:
     assert not objects.exists(storage.assembled_key(TENANT, "u4"))
 
 
+# In place only: the object-store path has its conflicts tested above.
+@pytest.mark.parametrize("objects", ["local"], indirect=True)
 def test_a_chunk_that_rewrites_stored_bytes_is_refused(objects: ObjectStore) -> None:
-    if not objects.in_place:
-        pytest.skip("parts on an object store are checked at the final chunk")
     data = random.Random(5).randbytes(3 * CHUNK)
     first, second, _ = chunks_of("u5", data)
     assemble.handle(first, {})

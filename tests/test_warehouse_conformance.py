@@ -45,7 +45,7 @@ def backend(
     elif request.param == "clickhouse-connect":
         engine = ServerBackend(f"chdb://{tmp_path_factory.mktemp('cc')}")
     elif not SERVER_URL:
-        pytest.skip("CLICKHOUSE_URL is not set: no ClickHouse server to test")
+        pytest.skip("waits for a ClickHouse server: set CLICKHOUSE_URL to run it")
     else:
         engine = ServerBackend(SERVER_URL)
     migrate(engine)
@@ -62,7 +62,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _streams(backend: Backend) -> None:
     if isinstance(backend, ServerBackend) and backend.transport == "chdb":
-        pytest.skip("streamed loads need a server's input(); chdb transport has none")
+        # The same loads run on the chdb backend; this transport waits for
+        # a server (CLICKHOUSE_URL), whose input() it streams through.
+        pytest.skip("waits for a ClickHouse server: chdb:// transport has no input()")
 
 
 def _tenant() -> str:

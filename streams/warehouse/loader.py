@@ -27,6 +27,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -275,7 +276,7 @@ def _usable(message: Message) -> bool:
     return False
 
 
-class _Loop:
+class _Loop(ABC):
     """A consumer thread: read, write, then commit; rewind on retriable errors."""
 
     group: str
@@ -325,8 +326,9 @@ class _Loop:
                 self._rewind_to_committed()
                 time.sleep(RETRY_PAUSE_S)
 
+    @abstractmethod
     def _step(self) -> None:
-        raise NotImplementedError
+        """Read one batch, write it, commit its offsets."""
 
     def _rewind(self, batch: list[Message]) -> None:
         first: dict[tuple[str, int], int] = {}

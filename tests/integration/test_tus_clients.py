@@ -31,7 +31,7 @@ def _node_upload(
     if node is None or not (TUS_JS / "node_modules" / "tus-js-client").exists():
         if os.environ.get("SLUICE_REQUIRE_STACK"):
             pytest.fail("tus-js-client is not installed (ops/scripts/bootstrap.sh)")
-        pytest.skip("tus-js-client is not installed")
+        pytest.skip("waits for tus-js-client: run ops/scripts/bootstrap.sh")
     done = subprocess.run(
         [
             node,
