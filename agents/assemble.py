@@ -76,9 +76,7 @@ def handle(chunk: dict[str, Any], headers: dict[str, str]) -> list[Output]:
 
     parts = _contiguous_parts(tenant, upload_id, chunk["upload_length"])
     if parts is None and SOURCE in headers:
-        # A chunk event can be skipped by the stream processor around a
-        # rebalance (Faust acks events it fetched for an old generation).
-        # The chunk is still in Kafka: read it back before giving up.
+        # A chunk the stream processor never delivered: still in Kafka.
         repaired = repair_parts(chunk, headers[SOURCE])
         log.warning("file.parts_repaired", parts=repaired)
         parts = _contiguous_parts(tenant, upload_id, chunk["upload_length"])

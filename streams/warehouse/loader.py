@@ -40,6 +40,7 @@ from prometheus_client import Counter, Histogram
 
 from streams import codec, topics
 from streams.config import Settings
+from streams.dlq import SUMMARY_FIELDS
 from streams.errors import DataError, SluiceError
 from streams.events import headers_to_dict, now_ms
 from streams.logs import bound, get_logger
@@ -128,21 +129,7 @@ def audit_row(a: dict[str, Any]) -> dict[str, Any]:
 
 def dead_letter_row(d: dict[str, Any]) -> dict[str, Any]:
     """A DeadLetter as a dead_letters row (without the message bytes)."""
-    row = {
-        k: d[k]
-        for k in (
-            "event_id",
-            "source_topic",
-            "partition",
-            "offset",
-            "category",
-            "error",
-            "attempts",
-            "agent",
-            "tenant",
-            "upload_id",
-        )
-    }
+    row = {k: d[k] for k in SUMMARY_FIELDS}
     row["failed_at"] = _ts(d["failed_at"])
     return row
 
