@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from ingest_gateway.partitioner import partition_for
 from streams import codec
 from streams.config import Settings
-from streams.errors import KafkaUnavailable
+from streams.errors import DecodeError, KafkaUnavailable
 from streams.logs import get_logger
 from streams.topics import UPLOAD_STATE
 
@@ -105,7 +105,19 @@ class UploadStates:
         with self._lock:
             self._positions[partition] = offset + 1
             if value is not None:
-                state = codec.decode("UploadState", value)
+                try:
+                    state = codec.decode("UploadState", value)
+                except DecodeError as exc:
+                    # Not written by a gateway: skip it rather than stop
+                    # reading every upload's state behind it.
+                    log.error(
+                        "upload_state.undecodable",
+                        partition=partition,
+                        offset=offset,
+                        error=str(exc),
+                    )
+                    self._lock.notify_all()
+                    return
                 current = self._states.get(state["upload_id"])
                 # Offsets only move forward; a stale record never rolls one back.
                 if current is None or state["updated_at"] >= current["updated_at"]:

@@ -13,7 +13,8 @@ from streams import codec, topics
 from streams.client import WarehouseClient
 from streams.config import Settings
 
-from .conftest import eventually, sluice
+from .conftest import TUS, create_upload, eventually, patch_upload, sluice
+from .gateways import GatewayProcess
 
 
 def test_poison_chunks_are_dead_lettered_and_do_not_block(
@@ -85,3 +86,39 @@ def test_poison_chunks_are_dead_lettered_and_do_not_block(
     assert shown["message"]["upload_id"] == "poison1"
     assert shown["message"]["data"] == f"<{len(data)} bytes>"
     assert shown["headers"]["tenant"] == tenant
+
+
+def test_a_poison_upload_state_record_does_not_stop_a_gateway(
+    settings: Settings, auth: dict[str, str]
+) -> None:
+    """upload-state is read by every gateway from its start: a record no
+    gateway wrote is logged and skipped, and states after it still count."""
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    state_topic = settings.topic(topics.UPLOAD_STATE)
+    for partition in range(settings.topic_partitions):
+        # Keyed: the topic is compacted, and a keyless record is refused.
+        producer.produce(
+            state_topic, key=b"poison-state", value=b"\x00not avro", partition=partition
+        )
+    assert producer.flush(10) == 0
+
+    data = b"written after the poison\n"
+    fresh = GatewayProcess(6, "gw-after-poison").start()
+    try:
+        with fresh.client() as client:
+            created = create_upload(client, auth, len(data))
+            assert created.status_code == 201, created.text
+            location = created.headers["Location"]
+            assert patch_upload(client, auth, location, 0, data).status_code == 204
+        # Started again, it reads the whole topic, poison and all, and still
+        # knows the upload's offset.
+        fresh.stop()
+        fresh.start()
+        with fresh.client() as client:
+            head = client.head(location, headers={**TUS, **auth})
+            assert head.status_code == 200
+            assert head.headers["Upload-Offset"] == str(len(data))
+        log_text = fresh.log_path.read_text()
+        assert "upload_state.undecodable" in log_text
+    finally:
+        fresh.stop()
