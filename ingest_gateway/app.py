@@ -86,8 +86,13 @@ class Gateway:
         # across instances, the upload's lease (ingest_gateway.session).
         self.busy = self.writers.busy
         self.partials = PartialTopic(settings)
+        # A body holds three batches: the one being read, the one
+        # committing, and the producer's copy of it.
         self.budget = Budget(
-            settings.gateway_max_inflight_bytes, settings.gateway_max_rss_bytes
+            settings.gateway_max_inflight_bytes,
+            settings.gateway_max_rss_bytes,
+            smallest=3 * settings.chunk_bytes,
+            largest=3 * settings.gateway_batch_bytes,
         )
         self.rates = TenantRates(
             settings.gateway_tenant_rate_per_s, settings.gateway_tenant_burst

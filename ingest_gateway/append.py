@@ -3,10 +3,11 @@
 The body is written to Kafka as it arrives, one transaction per batch, each
 holding the batch's chunks and the upload's new offset. While one batch
 commits the next one is read, so the client is not stalled by Kafka round
-trips. A request holds three batches of the gateway's in-flight budget (the
-one being read, the one committing and its encoded copy); batches are as
-large as ``SLUICE_GATEWAY_BATCH_BYTES`` when few requests run, and shrink
-towards one chunk as more share the budget, so memory stays bounded. A
+trips. A request holds a share of the gateway's in-flight budget
+(``ingest_gateway.limits.Budget``) worth three batches (the one being read,
+the one committing, and the producer's copy of it); batches are as large as
+``SLUICE_GATEWAY_BATCH_BYTES`` when few requests run, and shrink towards one
+chunk, batch by batch, as more share the budget, so memory stays bounded. A
 client that disconnects keeps every byte that arrived: what was buffered is
 committed before the request ends.
 
@@ -112,14 +113,15 @@ class BodyWriter:
         if state is not exclusive.state:
             exclusive.state = dict(exclusive.state, length=state["length"])
 
-        chunk = self._settings.chunk_bytes
-        share = self._budget.share(3 * self._settings.gateway_batch_bytes, 3 * chunk)
-        self._batch = max(chunk, share // 3 // chunk * chunk)
-        with self._budget.reserve(3 * self._batch):
+        self._share = self._budget.admit()
+        try:
+            await self._resize()
             if checksum is None:
                 received = await self._stream(request, remaining)
             else:
                 received = await self._verified(request, remaining, checksum)
+        finally:
+            await self._share.close()
 
         final = exclusive.state
         if (
@@ -140,10 +142,23 @@ class BodyWriter:
             final = await exclusive.commit(final, release=True)
         return final
 
+    async def _resize(self) -> int:
+        """Batch size from this body's current share of the budget."""
+        chunk = self._settings.chunk_bytes
+        size = await self._share.resize()
+        self._batch = max(chunk, size // 3 // chunk * chunk)
+        return self._batch
+
     async def _stream(self, request: Request, remaining: int) -> int:
-        """Commit the body batch by batch as it arrives."""
+        """Commit the body batch by batch as it arrives.
+
+        A batch is the list of pieces the server handed over: they are not
+        joined here, so the event loop copies nothing; each chunk event is
+        encoded straight from them in the committing thread.
+        """
         batch_bytes = self._batch
-        buffer = bytearray()
+        pieces: list[bytes] = []
+        buffered = 0
         pending: asyncio.Task[None] | None = None
         received = 0
         try:
@@ -153,12 +168,17 @@ class BodyWriter:
                     raise PayloadTooLarge(
                         "body exceeds Upload-Length", reason="exceeds-length"
                     )
-                buffer += piece
-                if len(buffer) >= batch_bytes:
+                if piece:
+                    pieces.append(piece)
+                    buffered += len(piece)
+                if buffered >= batch_bytes:
                     if pending is not None:
                         await pending
-                    data, buffer = bytes(buffer), bytearray()
-                    pending = asyncio.create_task(self._commit(data, last=False))
+                    pending = asyncio.create_task(
+                        self._commit(pieces, buffered, last=False)
+                    )
+                    pieces, buffered = [], 0
+                    batch_bytes = await self._resize()
                 elif pending is None or pending.done():
                     if pending is not None:
                         await pending
@@ -172,8 +192,8 @@ class BodyWriter:
             raise
         if pending is not None:
             await pending
-        if buffer:
-            await self._commit(bytes(buffer), last=True)
+        if pieces:
+            await self._commit(pieces, buffered, last=True)
         return received
 
     async def _verified(
@@ -212,17 +232,17 @@ class BodyWriter:
             while left:
                 data = spool.read(min(batch_bytes, left))
                 left -= len(data)
-                await self._commit(data, last=left == 0)
+                await self._commit([data], len(data), last=left == 0)
         return received
 
-    async def _commit(self, data: bytes, *, last: bool) -> None:
+    async def _commit(self, pieces: list[bytes], size: int, *, last: bool) -> None:
         exclusive = self._exclusive
         state = exclusive.state
         start = state["offset"]
         upload_length = state["length"] if state["length"] is not None else self._limit
-        new = advanced(state, start + len(data), self._settings)
+        new = advanced(state, start + size, self._settings)
         chunks: Callable[[], Any] = lambda: cut_chunks(  # noqa: E731
-            data,
+            pieces,
             state=state,
             start_offset=start,
             chunk_bytes=self._settings.chunk_bytes,
@@ -232,6 +252,6 @@ class BodyWriter:
         log.info(
             "chunk.committed",
             offset=new["offset"],
-            received=len(data),
+            received=size,
             complete=new["status"] == "COMPLETE",
         )

@@ -8,11 +8,10 @@ retry 503s. A tenant over its request rate gets 429 with ``Retry-After``.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from ingest_gateway.errors import Overloaded, TooManyRequests
 from streams.config import Settings
@@ -28,35 +27,106 @@ def rss_bytes() -> int:
 
 
 class Budget:
-    """Bytes that requests may hold in memory at once, and a ceiling on RSS."""
+    """Bytes that request bodies may hold in memory at once, and a ceiling on RSS.
 
-    def __init__(self, max_inflight: int, max_rss: int) -> None:
+    Every body being written holds a *share* of ``max_inflight``. Shares are
+    fair: the budget split among the writers, within ``[smallest, largest]``.
+    A writer is admitted while every writer, itself included, could hold the
+    smallest share; otherwise, or over ``max_rss``, it is refused at once
+    (503). A writer resizes its share at each batch, so when more arrive the
+    earlier ones give back what exceeds their fair part, and a newcomer
+    waits for that rather than being refused. The sum of shares never
+    exceeds ``max_inflight``.
+    """
+
+    def __init__(
+        self,
+        max_inflight: int,
+        max_rss: int,
+        *,
+        smallest: int,
+        largest: int,
+        wait_s: float = 5.0,
+    ) -> None:
         self.max_inflight = max_inflight
         self.max_rss = max_rss
+        self.smallest = min(smallest, max_inflight)
+        self.largest = max(self.smallest, largest)
+        self.wait_s = wait_s
         self.inflight = 0
         self.holders = 0
+        self._freed = asyncio.Condition()
 
-    def share(self, largest: int, smallest: int) -> int:
-        """A fair part of what is left for one more holder, within bounds."""
-        left = self.max_inflight - self.inflight
-        # Leave room for the next one too, so a burst shrinks batches rather
-        # than refusing requests.
-        return max(smallest, min(largest, left // (self.holders + 2)))
-
-    @contextmanager
-    def reserve(self, size: int) -> Iterator[None]:
-        """Hold size bytes for the block, or raise Overloaded (503)."""
-        if self.inflight + size > self.max_inflight:
+    def admit(self) -> Share:
+        """A share for one more body, or Overloaded (503) when none can fit."""
+        if (self.holders + 1) * self.smallest > self.max_inflight:
             raise Overloaded("gateway is at its in-flight budget", retry_after=1)
         if rss_bytes() > self.max_rss:
             raise Overloaded("gateway is at its memory budget", retry_after=2)
-        self.inflight += size
         self.holders += 1
-        try:
-            yield
-        finally:
-            self.inflight -= size
-            self.holders -= 1
+        return Share(self)
+
+    def fair(self) -> int:
+        """Each writer's part of the budget, as things stand."""
+        part = self.max_inflight // max(1, self.holders)
+        return max(self.smallest, min(self.largest, part))
+
+    async def _changed(self) -> None:
+        async with self._freed:
+            self._freed.notify_all()
+
+
+class Share:
+    """One body's part of the in-flight budget; resized at every batch."""
+
+    def __init__(self, budget: Budget) -> None:
+        self._budget = budget
+        self.size = 0
+        self._closed = False
+
+    async def resize(self) -> int:
+        """Hold the fair part now: give back any excess, or take up to it.
+
+        Waits, up to the budget's ``wait_s``, while even the smallest share
+        is not free (others give back their excess at their next batch);
+        then raises Overloaded (503).
+        """
+        budget = self._budget
+        target = budget.fair()
+        if self.size > target:
+            budget.inflight -= self.size - target
+            self.size = target
+            await budget._changed()
+            return self.size
+        deadline = time.monotonic() + budget.wait_s
+        async with budget._freed:
+            while True:
+                free = budget.max_inflight - budget.inflight
+                grant = min(target - self.size, free)
+                if self.size + grant >= budget.smallest or grant == target - self.size:
+                    budget.inflight += grant
+                    self.size += grant
+                    return self.size
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Overloaded(
+                        "gateway is at its in-flight budget", retry_after=1
+                    )
+                try:
+                    await asyncio.wait_for(budget._freed.wait(), left)
+                except TimeoutError:
+                    pass
+
+    async def close(self) -> None:
+        """Give the whole share back."""
+        if self._closed:
+            return
+        self._closed = True
+        budget = self._budget
+        budget.inflight -= self.size
+        budget.holders -= 1
+        self.size = 0
+        await budget._changed()
 
 
 class TenantRates:

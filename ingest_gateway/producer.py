@@ -30,6 +30,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from ingest_gateway.errors import Fenced
 from streams import codec
+from streams.codec import Buffers
 from streams.config import Settings
 from streams.errors import KafkaUnavailable
 from streams.events import make_headers, now_ms
@@ -126,9 +127,8 @@ class UploadWriter:
             producer.begin_transaction()
             for chunk in chunks:
                 assert chunks_topic is not None
-                send_bounded(
-                    producer, chunks_topic, key, codec.encode("Chunk", chunk), headers
-                )
+                value = codec.encode_spliced("Chunk", chunk, "data")
+                send_bounded(producer, chunks_topic, key, value, headers)
             send_bounded(
                 producer,
                 self._state_topic,
@@ -215,48 +215,68 @@ class UploadWriters:
 
 
 def cut_chunks(
-    data: bytes,
+    pieces: Buffers,
     *,
     state: dict[str, Any],
     start_offset: int,
     chunk_bytes: int,
     upload_length: int,
 ) -> Iterator[dict[str, Any]]:
-    """Chunk records of data written at start_offset.
+    """Chunk records of pieces (a body's buffers, in order) written at start_offset.
 
     Boundaries fall on multiples of chunk_bytes of the upload's own offsets,
-    whatever the PATCH sizes, so a retried write names the same chunks.
+    whatever the PATCH sizes, so a retried write names the same chunks. A
+    chunk's data is the list of views of the pieces it spans: nothing is
+    copied until the record is encoded. The pieces are only read: a
+    transaction fenced on its first attempt is retried with the same chunks
+    (``ingest_gateway.session``), so they live until it commits.
     """
-    view = memoryview(data)
     offset = start_offset
-    position = 0
     produced_at = now_ms()
-    while position < len(view):
-        boundary = (offset // chunk_bytes + 1) * chunk_bytes
-        size = min(boundary - offset, len(view) - position)
-        piece = bytes(view[position : position + size])
-        yield chunk_record(state, offset, piece, upload_length, produced_at)
-        offset += size
-        position += size
+    boundary = (offset // chunk_bytes + 1) * chunk_bytes
+    segments: list[memoryview] = []
+    for piece in pieces:
+        view = memoryview(piece)
+        while view.nbytes:
+            take = min(boundary - offset, view.nbytes)
+            segments.append(view[:take])
+            view = view[take:]
+            offset += take
+            if offset == boundary:
+                start = offset - _size(segments)
+                yield chunk_record(state, start, segments, upload_length, produced_at)
+                segments = []
+                boundary += chunk_bytes
+    if segments:
+        start = offset - _size(segments)
+        yield chunk_record(state, start, segments, upload_length, produced_at)
+
+
+def _size(buffers: Buffers) -> int:
+    return sum(memoryview(b).nbytes for b in buffers)
 
 
 def chunk_record(
     state: dict[str, Any],
     offset: int,
-    data: bytes,
+    data: bytes | Buffers,
     upload_length: int,
     produced_at: int | None = None,
 ) -> dict[str, Any]:
-    """One Chunk event of an upload."""
+    """One Chunk event of an upload; data as bytes or as a list of buffers."""
+    buffers: Buffers = [data] if isinstance(data, bytes) else data
+    digest = hashlib.sha256()
+    for buffer in buffers:
+        digest.update(buffer)
     return {
         "event_id": f"{state['upload_id']}:{offset}",
         "tenant": state["tenant"],
         "upload_id": state["upload_id"],
         "offset": offset,
-        "length": len(data),
+        "length": _size(buffers),
         "upload_length": upload_length,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "data": data,
+        "sha256": digest.hexdigest(),
+        "data": buffers,
         "filename": state["filename"],
         "metadata": state["metadata"],
         "source": state.get("source") or "tus",

@@ -12,9 +12,10 @@ from __future__ import annotations
 import io
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,75 @@ def encode(name: str, record: dict[str, Any]) -> bytes:
     buffer.write(writer.fingerprint)
     fastavro.schemaless_writer(buffer, writer.parsed, record)
     return buffer.getvalue()
+
+
+Buffers = Sequence[bytes | bytearray | memoryview]
+
+
+def encode_spliced(name: str, record: dict[str, Any], field: str) -> bytes:
+    """encode(), with one ``bytes`` field given as a sequence of buffers.
+
+    The buffers are copied once, straight into the message: for chunk
+    events, whose data is most of the message and arrives in pieces, this
+    saves the copies a joined value and a growing encoder buffer would make.
+    The result is byte-identical to :func:`encode` of the joined value.
+    """
+    writer = schema(name)
+    head, tail = _split(name, field)
+    buffers: Buffers = record[field]
+    if isinstance(buffers, bytes | bytearray | memoryview):
+        buffers = [buffers]
+    before = io.BytesIO()
+    fastavro.schemaless_writer(before, head, record)
+    after = io.BytesIO()
+    fastavro.schemaless_writer(after, tail, record)
+    size = sum(memoryview(b).nbytes for b in buffers)
+    return b"".join(
+        [
+            MAGIC,
+            writer.fingerprint,
+            before.getvalue(),
+            _avro_long(size),
+            *buffers,
+            after.getvalue(),
+        ]
+    )
+
+
+@cache
+def _split(name: str, field: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The record's fields before and after a ``bytes`` field, as records.
+
+    A record's binary encoding is its fields' encodings one after another,
+    so the two halves around the field's own encoding make the whole.
+    """
+    parsed = schema(name).parsed
+    names = [f["name"] for f in parsed["fields"]]
+    index = names.index(field)
+    if parsed["fields"][index]["type"] != "bytes":
+        raise ValueError(f"{name}.{field} is not a bytes field")
+
+    def part(suffix: str, fields: list[dict[str, Any]]) -> dict[str, Any]:
+        raw = {"type": "record", "name": f"{name}{suffix}", "fields": fields}
+        parsed_part = parse_schema(raw, _write_hint=False)
+        assert isinstance(parsed_part, dict)
+        return parsed_part
+
+    return (
+        part("Head", parsed["fields"][:index]),
+        part("Tail", parsed["fields"][index + 1 :]),
+    )
+
+
+def _avro_long(value: int) -> bytes:
+    """Avro's zig-zag varint encoding of a long."""
+    zigzag = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while zigzag > 0x7F:
+        out.append((zigzag & 0x7F) | 0x80)
+        zigzag >>= 7
+    out.append(zigzag)
+    return bytes(out)
 
 
 def decode(name: str, payload: bytes) -> dict[str, Any]:

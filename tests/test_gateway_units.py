@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import io
 import json
+import os
 
 import fastavro
 import pytest
 from fastavro.schema import parse_schema
 
 from ingest_gateway import tus
+from ingest_gateway.errors import Overloaded
+from ingest_gateway.limits import Budget
 from ingest_gateway.partitioner import murmur2, partition_for
 from ingest_gateway.producer import cut_chunks
 from streams import codec
@@ -107,22 +112,62 @@ def test_murmur2_matches_kafka() -> None:
 
 def test_chunks_fall_on_fixed_boundaries_whatever_the_patch() -> None:
     state = {"upload_id": "u", "tenant": "t", "filename": "f", "metadata": {}}
-    pieces = list(
+    body = bytes(range(250)) * 10
+    # The pieces a server hands over, cut anywhere: across chunk boundaries,
+    # exactly on one, and empty.
+    pieces = [body[:100], body[100:324], b"", body[324:2000], body[2000:]]
+    chunks = list(
         cut_chunks(
-            b"x" * 2500,
+            pieces,
             state=state,
             start_offset=700,
             chunk_bytes=1024,
             upload_length=4000,
         )
     )
-    assert [(c["offset"], c["length"]) for c in pieces] == [
+    assert [(c["offset"], c["length"]) for c in chunks] == [
         (700, 324),
         (1024, 1024),
         (2048, 1024),
         (3072, 128),
     ]
-    assert pieces[1]["event_id"] == "u:1024"
+    assert chunks[1]["event_id"] == "u:1024"
+    cursor = 0
+    for chunk in chunks:
+        data = b"".join(chunk["data"])
+        assert data == body[cursor : cursor + chunk["length"]]
+        assert chunk["sha256"] == hashlib.sha256(data).hexdigest()
+        # Encoded from its pieces, the event is the one the joined bytes make.
+        joined = dict(chunk, data=data)
+        assert codec.encode_spliced("Chunk", chunk, "data") == codec.encode(
+            "Chunk", joined
+        )
+        cursor += chunk["length"]
+    assert cursor == len(body)
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 8191, 8192, 2**20 + 3])
+def test_a_spliced_encoding_is_the_plain_encoding(size: int) -> None:
+    data = os.urandom(size)
+    record = {
+        "event_id": "u:5",
+        "tenant": "t",
+        "upload_id": "u",
+        "offset": 5,
+        "length": size,
+        "upload_length": 2**40,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "data": data,
+        "filename": "naïve.bin",
+        "metadata": {"k": "v"},
+        "source": "tus",
+        "produced_at": 1_764_000_000_000,
+    }
+    third = size // 3
+    split = [memoryview(data)[:third], data[third : 2 * third], data[2 * third :]]
+    spliced = codec.encode_spliced("Chunk", dict(record, data=split), "data")
+    assert spliced == codec.encode("Chunk", record)
+    assert codec.decode("Chunk", spliced)["data"] == data
 
 
 @pytest.mark.parametrize(
@@ -141,3 +186,68 @@ def test_upload_concat_parses(header: str, expected: object) -> None:
 def test_bad_upload_concat_is_refused(header: str) -> None:
     with pytest.raises(InvalidRequest):
         tus.parse_concat(header)
+
+
+MIB = 1024 * 1024
+
+
+def test_budget_shares_are_fair_and_never_exceed_the_budget() -> None:
+    async def scenario() -> None:
+        budget = Budget(12 * MIB, 10**12, smallest=1 * MIB, largest=6 * MIB, wait_s=2)
+        first = budget.admit()
+        assert await first.resize() == 6 * MIB  # alone: the largest share
+        second = budget.admit()
+        assert await second.resize() == 6 * MIB
+        third = budget.admit()
+        # Nothing is free until the first two give back their excess at
+        # their next batch: the third waits for that instead of a 503.
+        waiting = asyncio.create_task(third.resize())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        assert await first.resize() == 4 * MIB
+        assert await waiting == 2 * MIB
+        assert budget.inflight <= budget.max_inflight
+        assert await second.resize() == 4 * MIB
+        assert await third.resize() == 4 * MIB
+        assert budget.inflight == 12 * MIB
+        for share in (first, second, third):
+            await share.close()
+        assert (budget.inflight, budget.holders) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_budget_refuses_a_body_when_even_the_smallest_share_cannot_fit() -> None:
+    async def scenario() -> None:
+        budget = Budget(3 * MIB, 10**12, smallest=1 * MIB, largest=3 * MIB)
+        shares = [budget.admit() for _ in range(3)]
+        with pytest.raises(Overloaded) as refused:
+            budget.admit()
+        assert refused.value.retry_after >= 1
+        await shares[0].close()
+        budget.admit()  # room again
+
+    asyncio.run(scenario())
+
+
+def test_budget_waits_only_so_long_for_a_share() -> None:
+    async def scenario() -> None:
+        budget = Budget(4 * MIB, 10**12, smallest=1 * MIB, largest=4 * MIB, wait_s=0.2)
+        hog = budget.admit()
+        assert await hog.resize() == 4 * MIB
+        # The hog never reaches another batch (a stalled client): the
+        # newcomer is refused after the wait, and holds nothing.
+        late = budget.admit()
+        with pytest.raises(Overloaded):
+            await late.resize()
+        await late.close()
+        assert budget.inflight == 4 * MIB
+
+    asyncio.run(scenario())
+
+
+def test_a_process_over_its_memory_ceiling_refuses_bodies() -> None:
+    budget = Budget(64 * MIB, 1, smallest=1 * MIB, largest=8 * MIB)
+    with pytest.raises(Overloaded, match="memory"):
+        budget.admit()
+    assert budget.holders == 0
