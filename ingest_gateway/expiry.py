@@ -30,14 +30,13 @@ import random
 from typing import Any
 
 from ingest_gateway.session import Writers, acquire
+from ingest_gateway.state import UNFINISHED
 from streams.config import Settings
 from streams.errors import ClientError, DependencyUnavailable
 from streams.events import new_id, now_ms
 from streams.logs import get_logger
 
 log = get_logger(__name__)
-
-UNFINISHED = frozenset({"CREATED", "RECEIVING"})
 
 
 def is_expired(state: dict[str, Any], at_ms: int | None = None) -> bool:

@@ -40,7 +40,7 @@ from typing import Any
 
 from ingest_gateway.errors import Busy, Fenced
 from ingest_gateway.producer import UploadWriter, UploadWriters
-from ingest_gateway.state import UploadStates
+from ingest_gateway.state import UNFINISHED, UploadStates
 from streams.errors import KafkaUnavailable, Locked
 from streams.events import now_ms
 from streams.logs import get_logger
@@ -180,11 +180,18 @@ class Exclusive:
             await self.drop()
 
     async def drop(self) -> None:
-        """Stop using the upload: keep a healthy writer for its next request."""
+        """Stop using the upload: keep a healthy writer for its next request.
+
+        An upload that is finished (complete, terminated, expired) will have
+        no next request, so its writer is closed at once instead of idling.
+        """
         owner = self._owner
         try:
             if self._writer is not None:
-                await owner.writers.put_back(self._writer)
+                if self.state["status"] in UNFINISHED:
+                    await owner.writers.put_back(self._writer)
+                else:
+                    await owner.writers.discard(self._writer)
                 self._writer = None
         finally:
             owner.busy.discard(self.state["upload_id"])

@@ -28,6 +28,9 @@ from streams.topics import UPLOAD_STATE
 
 log = get_logger(__name__)
 
+# Statuses in which an upload may still be written to.
+UNFINISHED = frozenset({"CREATED", "RECEIVING"})
+
 
 class UploadStates:
     """The latest UploadState of every upload, rebuilt from Kafka."""
