@@ -31,6 +31,7 @@ from ingest_gateway.append import BodyWriter
 from ingest_gateway.concat import PartialTopic
 from ingest_gateway.errors import Gone
 from ingest_gateway.limits import Budget, TenantRates, tenant_limit
+from ingest_gateway.memory import MemoryKeeper
 from ingest_gateway.producer import UploadWriters, final_marker
 from ingest_gateway.session import Exclusive, Writers, acquire
 from ingest_gateway.state import UploadStates
@@ -507,6 +508,9 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
+    # Before Gateway starts Kafka clients and their threads.
+    memory = MemoryKeeper()
+    memory.start()
     gateway = Gateway(settings)
 
     @asynccontextmanager
@@ -531,6 +535,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         gateway.partials.close()
         gateway.states.stop()
         gateway.guard.close()
+        memory.stop()
 
     routes = [
         Route("/files", options, methods=["OPTIONS"]),

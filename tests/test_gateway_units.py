@@ -7,12 +7,13 @@ import hashlib
 import io
 import json
 import os
+import time
 
 import fastavro
 import pytest
 from fastavro.schema import parse_schema
 
-from ingest_gateway import tus
+from ingest_gateway import memory, tus
 from ingest_gateway.errors import Overloaded
 from ingest_gateway.limits import Budget
 from ingest_gateway.partitioner import murmur2, partition_for
@@ -251,3 +252,36 @@ def test_a_process_over_its_memory_ceiling_refuses_bodies() -> None:
     with pytest.raises(Overloaded, match="memory"):
         budget.admit()
     assert budget.holders == 0
+
+
+class RecordingLibc:
+    """Stands in for glibc so the test sees which calls the keeper makes."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def mallopt(self, *args: int) -> int:
+        self.calls.append(("mallopt", args))
+        return 1
+
+    def malloc_trim(self, *args: int) -> int:
+        self.calls.append(("malloc_trim", args))
+        return 1
+
+
+def test_the_memory_keeper_caps_arenas_and_trims_only_above_idle_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    libc = RecordingLibc()
+    monkeypatch.setattr(memory, "_libc", lambda: libc)
+    monkeypatch.setattr(memory, "TRIM_EVERY_S", 0.01)
+    monkeypatch.setattr(memory, "TRIM_ABOVE_BYTES", 2**62)
+    keeper = memory.MemoryKeeper()
+    keeper.start()
+    time.sleep(0.1)
+    assert libc.calls == [("mallopt", (memory.M_ARENA_MAX, memory.ARENAS))]
+    monkeypatch.setattr(memory, "TRIM_ABOVE_BYTES", 0)
+    time.sleep(0.1)
+    keeper.stop()
+    assert ("malloc_trim", (0,)) in libc.calls
+    assert memory._libc() is not None  # glibc here: the real one is found

@@ -128,8 +128,18 @@ def _upload(
         raise RuntimeError(f"PATCH {patched.status_code}: {patched.text}")
 
 
+def _quiesce() -> None:
+    """Start a round with no dirty pages left by the one before.
+
+    Kafka writes through the page cache; a previous round's gigabyte being
+    written back to disk mid-round slows this one by a varying amount.
+    """
+    os.sync()
+
+
 def bench_single(settings: Settings, auth: dict[str, str], total: int) -> float:
     block = os.urandom(BLOCK)
+    _quiesce()
     with httpx.Client(base_url=settings.gateway_url, timeout=600) as client:
         started = time.perf_counter()
         _upload(client, auth, "bench-single.bin", total, block)
@@ -142,6 +152,7 @@ def bench_parallel(
 ) -> float:
     size = total // parallel
     blocks = [os.urandom(1024 * 1024) for _ in range(parallel)]
+    _quiesce()
     limits = httpx.Limits(max_connections=parallel + 4)
     with httpx.Client(
         base_url=settings.gateway_url, timeout=600, limits=limits
