@@ -36,7 +36,8 @@ class Budget:
     (503). A writer resizes its share at each batch, so when more arrive the
     earlier ones give back what exceeds their fair part, and a newcomer
     waits for that rather than being refused. The sum of shares never
-    exceeds ``max_inflight``.
+    exceeds ``max_inflight``; a writer that shrinks still has its batch in
+    flight until that commits.
     """
 
     def __init__(
@@ -85,25 +86,29 @@ class Share:
         self._closed = False
 
     async def resize(self) -> int:
-        """Hold the fair part now: give back any excess, or take up to it.
+        """Move towards the fair part: give back any excess, or grow.
 
-        Waits, up to the budget's ``wait_s``, while even the smallest share
-        is not free (others give back their excess at their next batch);
-        then raises Overloaded (503).
+        A share starts at the smallest size and at most doubles per batch
+        (a slow start, as TCP's): bodies arriving in a burst do not find the
+        first of them holding the whole budget. Growing takes only what is
+        free. The first call waits, up to the budget's ``wait_s``, while
+        even the smallest share is not free (others give back their excess
+        at their next batch); then it raises Overloaded (503).
         """
         budget = self._budget
-        target = budget.fair()
-        if self.size > target:
-            budget.inflight -= self.size - target
-            self.size = target
-            await budget._changed()
+        target = min(budget.fair(), max(budget.smallest, 2 * self.size))
+        if self.size >= target:
+            if self.size > target:
+                budget.inflight -= self.size - target
+                self.size = target
+                await budget._changed()
             return self.size
         deadline = time.monotonic() + budget.wait_s
         async with budget._freed:
             while True:
                 free = budget.max_inflight - budget.inflight
                 grant = min(target - self.size, free)
-                if self.size + grant >= budget.smallest or grant == target - self.size:
+                if self.size + grant >= budget.smallest:
                     budget.inflight += grant
                     self.size += grant
                     return self.size

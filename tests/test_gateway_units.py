@@ -192,13 +192,27 @@ def test_bad_upload_concat_is_refused(header: str) -> None:
 MIB = 1024 * 1024
 
 
-def test_budget_shares_are_fair_and_never_exceed_the_budget() -> None:
+def test_budget_shares_start_small_grow_to_fair_and_never_exceed_the_budget() -> None:
     async def scenario() -> None:
         budget = Budget(12 * MIB, 10**12, smallest=1 * MIB, largest=6 * MIB, wait_s=2)
         first = budget.admit()
-        assert await first.resize() == 6 * MIB  # alone: the largest share
+        # A slow start: the smallest share, then doubling per batch, up to
+        # the fair part (alone: the largest share).
+        assert [await first.resize() for _ in range(5)] == [
+            1 * MIB,
+            2 * MIB,
+            4 * MIB,
+            6 * MIB,
+            6 * MIB,
+        ]
         second = budget.admit()
-        assert await second.resize() == 6 * MIB
+        assert [await second.resize() for _ in range(4)] == [
+            1 * MIB,
+            2 * MIB,
+            4 * MIB,
+            6 * MIB,
+        ]
+        assert budget.inflight == budget.max_inflight
         third = budget.admit()
         # Nothing is free until the first two give back their excess at
         # their next batch: the third waits for that instead of a 503.
@@ -206,8 +220,8 @@ def test_budget_shares_are_fair_and_never_exceed_the_budget() -> None:
         await asyncio.sleep(0.05)
         assert not waiting.done()
         assert await first.resize() == 4 * MIB
-        assert await waiting == 2 * MIB
-        assert budget.inflight <= budget.max_inflight
+        assert await waiting == 1 * MIB
+        assert await third.resize() == 2 * MIB  # grows into what is free
         assert await second.resize() == 4 * MIB
         assert await third.resize() == 4 * MIB
         assert budget.inflight == 12 * MIB
@@ -235,7 +249,9 @@ def test_budget_waits_only_so_long_for_a_share() -> None:
     async def scenario() -> None:
         budget = Budget(4 * MIB, 10**12, smallest=1 * MIB, largest=4 * MIB, wait_s=0.2)
         hog = budget.admit()
-        assert await hog.resize() == 4 * MIB
+        for _ in range(3):
+            await hog.resize()
+        assert hog.size == 4 * MIB
         # The hog never reaches another batch (a stalled client): the
         # newcomer is refused after the wait, and holds nothing.
         late = budget.admit()
