@@ -32,6 +32,7 @@ from ingest_gateway import tus
 from ingest_gateway.limits import Budget
 from ingest_gateway.producer import cut_chunks, final_marker
 from ingest_gateway.session import Exclusive
+from streams.codec import Buffers
 from streams.config import Settings
 from streams.errors import (
     ChecksumMismatch,
@@ -72,6 +73,76 @@ def declare_length(
     if declared < state["offset"]:
         raise InvalidRequest("Upload-Length is below the offset", reason="length")
     return dict(state, length=declared)
+
+
+# How often a body waiting for its client looks whether it owes budget.
+RECHECK_S = 0.5
+# Pieces smaller than this are copied together (up to COALESCE_INTO bytes)
+# rather than kept one object each: a client sending 1-byte frames would
+# otherwise cost hundreds of bytes of bookkeeping per byte.
+COALESCE_BELOW = 16 * 1024
+COALESCE_INTO = 256 * 1024
+
+
+class Pieces:
+    """A batch of body pieces, in order, and their total size."""
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes | bytearray] = []
+        self.size = 0
+
+    def add(self, piece: bytes) -> None:
+        if not piece:
+            return
+        if len(piece) >= COALESCE_BELOW:
+            self._pieces.append(piece)
+        else:
+            last = self._pieces[-1] if self._pieces else None
+            if (
+                not isinstance(last, bytearray)
+                or len(last) + len(piece) > COALESCE_INTO
+            ):
+                last = bytearray()
+                self._pieces.append(last)
+            last += piece
+        self.size += len(piece)
+
+    def take(self) -> tuple[Buffers, int]:
+        """The pieces so far, handed over; the batch starts again empty."""
+        taken = (self._pieces, self.size)
+        self._pieces, self.size = [], 0
+        return taken
+
+
+class Arrivals:
+    """A request's body pieces, and ``None`` each time every_s passes without one.
+
+    The next piece is awaited in a task of its own that a timeout does not
+    cancel (cancelling would break the server's body stream), so the caller
+    can act while the client is silent and then go on reading.
+    """
+
+    def __init__(self, request: Request, every_s: float) -> None:
+        self._stream = request.stream().__aiter__()
+        self._every_s = every_s
+        self._next: asyncio.Future[bytes] | None = None
+
+    def __aiter__(self) -> Arrivals:
+        return self
+
+    async def __anext__(self) -> bytes | None:
+        if self._next is None:
+            self._next = asyncio.ensure_future(self._stream.__anext__())
+        done, _ = await asyncio.wait({self._next}, timeout=self._every_s)
+        if not done:
+            return None
+        arrived, self._next = self._next, None
+        return arrived.result()  # StopAsyncIteration ends the loop
+
+    def close(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
 
 
 class BodyWriter:
@@ -153,36 +224,40 @@ class BodyWriter:
         """Commit the body batch by batch as it arrives.
 
         A batch is the list of pieces the server handed over: they are not
-        joined here, so the event loop copies nothing; each chunk event is
-        encoded straight from them in the committing thread.
+        joined here, so the event loop copies nothing (small pieces excepted,
+        see :class:`Pieces`); each chunk event is encoded straight from them
+        in the committing thread. When another body waits for budget this
+        one holds beyond its fair part, what is buffered is committed early
+        and the excess given back, also while the client sends nothing.
         """
-        batch_bytes = self._batch
-        pieces: list[bytes] = []
-        buffered = 0
+        batch = Pieces()
         pending: asyncio.Task[None] | None = None
         received = 0
+        arrivals = Arrivals(request, RECHECK_S)
         try:
-            async for piece in request.stream():
-                received += len(piece)
-                if received > remaining:
-                    raise PayloadTooLarge(
-                        "body exceeds Upload-Length", reason="exceeds-length"
-                    )
-                if piece:
-                    pieces.append(piece)
-                    buffered += len(piece)
-                if buffered >= batch_bytes:
-                    if pending is not None:
-                        await pending
-                    pending = asyncio.create_task(
-                        self._commit(pieces, buffered, last=False)
-                    )
-                    pieces, buffered = [], 0
-                    batch_bytes = await self._resize()
-                elif pending is None or pending.done():
+            async for piece in arrivals:
+                if piece is not None:
+                    received += len(piece)
+                    if received > remaining:
+                        raise PayloadTooLarge(
+                            "body exceeds Upload-Length", reason="exceeds-length"
+                        )
+                    batch.add(piece)
+                if pending is not None and pending.done():
+                    await pending  # raises what a failed commit raised
+                    pending = None
+                full = batch.size >= self._batch
+                if full or (pending is None and self._share.owes()):
                     if pending is not None:
                         await pending
                         pending = None
+                    if batch.size:
+                        pieces, size = batch.take()
+                        pending = asyncio.create_task(
+                            self._commit(pieces, size, last=False)
+                        )
+                    await self._resize()
+                elif pending is None:
                     await self._exclusive.keepalive()
         except ClientDisconnect:
             log.info("chunk.client_disconnected", received=received)
@@ -190,10 +265,13 @@ class BodyWriter:
             if pending is not None:
                 await asyncio.gather(pending, return_exceptions=True)
             raise
+        finally:
+            arrivals.close()
         if pending is not None:
             await pending
-        if pieces:
-            await self._commit(pieces, buffered, last=True)
+        if batch.size:
+            pieces, size = batch.take()
+            await self._commit(pieces, size, last=True)
         return received
 
     async def _verified(
@@ -235,7 +313,7 @@ class BodyWriter:
                 await self._commit([data], len(data), last=left == 0)
         return received
 
-    async def _commit(self, pieces: list[bytes], size: int, *, last: bool) -> None:
+    async def _commit(self, pieces: Buffers, size: int, *, last: bool) -> None:
         exclusive = self._exclusive
         state = exclusive.state
         start = state["offset"]

@@ -56,6 +56,9 @@ class Budget:
         self.wait_s = wait_s
         self.inflight = 0
         self.holders = 0
+        # Writers waiting for their first share: others give back their
+        # excess for them without waiting for a full batch.
+        self.waiting = 0
         self._freed = asyncio.Condition()
 
     def admit(self) -> Share:
@@ -117,10 +120,18 @@ class Share:
                     raise Overloaded(
                         "gateway is at its in-flight budget", retry_after=1
                     )
+                budget.waiting += 1
                 try:
                     await asyncio.wait_for(budget._freed.wait(), left)
                 except TimeoutError:
                     pass
+                finally:
+                    budget.waiting -= 1
+
+    def owes(self) -> bool:
+        """Whether a waiting writer needs what this share holds beyond fair."""
+        budget = self._budget
+        return budget.waiting > 0 and self.size > budget.fair()
 
     async def close(self) -> None:
         """Give the whole share back."""

@@ -14,6 +14,7 @@ import pytest
 from fastavro.schema import parse_schema
 
 from ingest_gateway import memory, tus
+from ingest_gateway.append import Pieces
 from ingest_gateway.errors import Overloaded
 from ingest_gateway.limits import Budget
 from ingest_gateway.partitioner import murmur2, partition_for
@@ -301,3 +302,46 @@ def test_the_memory_keeper_caps_arenas_and_trims_only_above_idle_size(
     keeper.stop()
     assert ("malloc_trim", (0,)) in libc.calls
     assert memory._libc() is not None  # glibc here: the real one is found
+
+
+def test_tiny_body_pieces_are_coalesced_and_large_ones_kept_as_they_are() -> None:
+    body = os.urandom(3 * 256 * 1024)
+    batch = Pieces()
+    # A client's 1-byte frames, then the large pieces a fast client makes.
+    for byte in range(100_000):
+        batch.add(body[byte : byte + 1])
+    for start in range(100_000, len(body), 64 * 1024):
+        batch.add(body[start : start + 64 * 1024])
+    pieces, size = batch.take()
+    assert size == len(body)
+    assert b"".join(pieces) == body
+    # 100 000 one-byte pieces take one buffer, not 100 000 objects.
+    assert len(pieces) <= 2 + len(body) // (64 * 1024)
+    assert batch.take() == ([], 0)
+    state = {"upload_id": "u", "tenant": "t", "filename": "f", "metadata": {}}
+    chunks = list(
+        cut_chunks(
+            pieces, state=state, start_offset=0, chunk_bytes=1 << 19, upload_length=size
+        )
+    )
+    assert b"".join(b"".join(c["data"]) for c in chunks) == body
+
+
+def test_a_share_owes_its_excess_only_while_someone_waits() -> None:
+    async def scenario() -> None:
+        budget = Budget(4 * MIB, 10**12, smallest=1 * MIB, largest=4 * MIB, wait_s=2)
+        early = budget.admit()
+        for _ in range(3):
+            await early.resize()
+        assert early.size == 4 * MIB
+        assert not early.owes()
+        late = budget.admit()
+        assert not early.owes()  # fair is 2 MiB, but nobody waits yet
+        waiting = asyncio.create_task(late.resize())
+        await asyncio.sleep(0.05)
+        assert early.owes()
+        assert await early.resize() == 2 * MIB
+        assert await waiting == 1 * MIB
+        assert not early.owes()
+
+    asyncio.run(scenario())

@@ -187,3 +187,66 @@ def test_over_the_in_flight_budget_is_503_with_retry_after(
     assert int(refused.headers["Retry-After"]) >= 1
     assert outcome[0].status_code == 204
     assert accepted.status_code == 204
+
+
+def test_a_silent_body_gives_back_budget_a_newcomer_waits_for(
+    auth: dict[str, str],
+) -> None:
+    """A body whose share grew, then whose client went quiet, never reaches
+    its next batch: it commits what it holds and shrinks for the newcomer."""
+    mib = 1024 * 1024
+    gateway = GatewayProcess(
+        7,
+        "gw-quiet",
+        SLUICE_GATEWAY_BATCH_BYTES=str(2 * mib),
+        SLUICE_GATEWAY_MAX_INFLIGHT_BYTES=str(6 * mib),
+    ).start()
+    quiet = threading.Event()
+    stop = threading.Event()
+    try:
+        with gateway.client() as client:
+            slow = create_upload(client, auth, 16 * mib).headers["Location"]
+            probe = create_upload(client, auth, 10).headers["Location"]
+
+            def body() -> Iterator[bytes]:
+                # Fast enough to grow the share to the whole budget...
+                for _ in range(12):
+                    yield os.urandom(256 * 1024)
+                quiet.set()
+                # ...then a byte now and then.
+                while not stop.is_set():
+                    yield b"x"
+                    time.sleep(0.5)
+
+            outcome: list[httpx.Response] = []
+            thread = threading.Thread(
+                target=lambda: outcome.append(
+                    client.patch(
+                        slow,
+                        headers={
+                            **TUS,
+                            **auth,
+                            "Upload-Offset": "0",
+                            "Content-Type": "application/offset+octet-stream",
+                        },
+                        content=body(),
+                    )
+                )
+            )
+            thread.start()
+            assert quiet.wait(30)
+            time.sleep(1)
+            started = time.monotonic()
+            answered = patch_upload(client, auth, probe, 0, b"0123456789")
+            waited = time.monotonic() - started
+            stop.set()
+            thread.join(60)
+            offset = client.head(slow, headers={**TUS, **auth}).headers["Upload-Offset"]
+    finally:
+        stop.set()
+        gateway.stop()
+
+    assert answered.status_code == 204, answered.text
+    assert waited < 4  # the budget's wait is 5 s: it was not waited out
+    assert outcome[0].status_code == 204
+    assert int(offset) >= 12 * 256 * 1024
