@@ -114,37 +114,6 @@ class Pieces:
         return taken
 
 
-class Arrivals:
-    """A request's body pieces, and ``None`` each time every_s passes without one.
-
-    The next piece is awaited in a task of its own that a timeout does not
-    cancel (cancelling would break the server's body stream), so the caller
-    can act while the client is silent and then go on reading.
-    """
-
-    def __init__(self, request: Request, every_s: float) -> None:
-        self._stream = request.stream().__aiter__()
-        self._every_s = every_s
-        self._next: asyncio.Future[bytes] | None = None
-
-    def __aiter__(self) -> Arrivals:
-        return self
-
-    async def __anext__(self) -> bytes | None:
-        if self._next is None:
-            self._next = asyncio.ensure_future(self._stream.__anext__())
-        done, _ = await asyncio.wait({self._next}, timeout=self._every_s)
-        if not done:
-            return None
-        arrived, self._next = self._next, None
-        return arrived.result()  # StopAsyncIteration ends the loop
-
-    def close(self) -> None:
-        if self._next is not None:
-            self._next.cancel()
-            self._next = None
-
-
 class BodyWriter:
     """Writes one request body into one leased upload."""
 
@@ -228,51 +197,95 @@ class BodyWriter:
         see :class:`Pieces`); each chunk event is encoded straight from them
         in the committing thread. When another body waits for budget this
         one holds beyond its fair part, what is buffered is committed early
-        and the excess given back, also while the client sends nothing.
+        and the excess given back, also while the client sends nothing
+        (see :meth:`_watch_quiet`).
         """
-        batch = Pieces()
-        pending: asyncio.Task[None] | None = None
+        self._pieces = Pieces()
+        self._pending: asyncio.Task[None] | None = None
+        self._steps = asyncio.Lock()
+        self._heard = True
         received = 0
-        arrivals = Arrivals(request, RECHECK_S)
+        watcher = asyncio.create_task(self._watch_quiet())
         try:
-            async for piece in arrivals:
-                if piece is not None:
-                    received += len(piece)
-                    if received > remaining:
-                        raise PayloadTooLarge(
-                            "body exceeds Upload-Length", reason="exceeds-length"
-                        )
-                    batch.add(piece)
-                if pending is not None and pending.done():
-                    await pending  # raises what a failed commit raised
-                    pending = None
-                full = batch.size >= self._batch
-                if full or (pending is None and self._share.owes()):
-                    if pending is not None:
-                        await pending
-                        pending = None
-                    if batch.size:
-                        pieces, size = batch.take()
-                        pending = asyncio.create_task(
-                            self._commit(pieces, size, last=False)
-                        )
-                    await self._resize()
-                elif pending is None:
-                    await self._exclusive.keepalive()
+            async for piece in request.stream():
+                self._heard = True
+                received += len(piece)
+                if received > remaining:
+                    raise PayloadTooLarge(
+                        "body exceeds Upload-Length", reason="exceeds-length"
+                    )
+                self._pieces.add(piece)
+                pending = self._pending
+                if self._pieces.size >= self._batch or (
+                    pending is None and self._share.owes()
+                ):
+                    await self._step(flush=True)
+                elif pending is None or pending.done():
+                    await self._step(flush=False)
         except ClientDisconnect:
             log.info("chunk.client_disconnected", received=received)
         except BaseException:
-            if pending is not None:
-                await asyncio.gather(pending, return_exceptions=True)
+            await self._stop_watching(watcher)
+            if self._pending is not None:
+                await asyncio.gather(self._pending, return_exceptions=True)
             raise
-        finally:
-            arrivals.close()
-        if pending is not None:
-            await pending
-        if batch.size:
-            pieces, size = batch.take()
+        await self._stop_watching(watcher)
+        if self._pending is not None:
+            await self._pending
+        if self._pieces.size:
+            pieces, size = self._pieces.take()
             await self._commit(pieces, size, last=True)
         return received
+
+    async def _step(self, *, flush: bool) -> None:
+        """Settle the committing batch if done; start the next one if flush.
+
+        The body loop and the quiet watcher both step; the lock keeps their
+        commits, which share one transactional writer, one at a time.
+        """
+        async with self._steps:
+            pending = self._pending
+            if pending is not None and (flush or pending.done()):
+                await asyncio.shield(pending)  # raises what a failed commit raised
+                self._pending = None
+            if flush:
+                if self._pieces.size:
+                    pieces, size = self._pieces.take()
+                    self._pending = asyncio.create_task(
+                        self._commit(pieces, size, last=False)
+                    )
+                await self._resize()
+            elif self._pending is None:
+                await self._exclusive.keepalive()
+
+    async def _watch_quiet(self) -> None:
+        """While the client sends nothing, keep the lease and pay back budget.
+
+        The body loop acts only when a piece arrives; a client that stalls
+        would otherwise hold a share a waiting body needs, and let its
+        lease lapse. One timer per request, rather than a timeout around
+        every read, keeps the fast path free of it.
+        """
+        while True:
+            await asyncio.sleep(RECHECK_S)
+            if self._heard:
+                self._heard = False
+                continue
+            pending = self._pending
+            if pending is not None and pending.done():
+                if pending.cancelled() or pending.exception() is not None:
+                    return  # the body loop raises it when it next steps
+            try:
+                await self._step(flush=pending is None and self._share.owes())
+            except Exception as exc:  # the body loop meets it at its next commit
+                log.warning("chunk.quiet_step_failed", error=str(exc))
+                return
+
+    async def _stop_watching(self, watcher: asyncio.Task[None]) -> None:
+        """End the watcher between steps, never inside a commit."""
+        async with self._steps:
+            watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
 
     async def _verified(
         self,

@@ -189,11 +189,13 @@ def test_over_the_in_flight_budget_is_503_with_retry_after(
     assert accepted.status_code == 204
 
 
+@pytest.mark.parametrize("quiet_as", ["a-byte-now-and-then", "nothing-at-all"])
 def test_a_silent_body_gives_back_budget_a_newcomer_waits_for(
-    auth: dict[str, str],
+    auth: dict[str, str], quiet_as: str
 ) -> None:
     """A body whose share grew, then whose client went quiet, never reaches
-    its next batch: it commits what it holds and shrinks for the newcomer."""
+    its next batch: it commits what it holds and shrinks for the newcomer,
+    whether a byte still trickles in or none does."""
     mib = 1024 * 1024
     gateway = GatewayProcess(
         7,
@@ -213,8 +215,11 @@ def test_a_silent_body_gives_back_budget_a_newcomer_waits_for(
                 for _ in range(12):
                     yield os.urandom(256 * 1024)
                 quiet.set()
-                # ...then a byte now and then.
+                # ...then a byte now and then, or nothing until told.
                 while not stop.is_set():
+                    if quiet_as == "nothing-at-all":
+                        stop.wait()
+                        break
                     yield b"x"
                     time.sleep(0.5)
 
