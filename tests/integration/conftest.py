@@ -172,7 +172,7 @@ def patch_upload(
     auth: dict[str, str],
     location: str,
     offset: int,
-    data: bytes,
+    data: bytes | Iterator[bytes],
     checksum: str | None = None,
 ) -> httpx.Response:
     headers = {

@@ -129,6 +129,18 @@ def test_cors_exposes_tus_headers_over_tls(
     assert "Access-Control-Allow-Origin" not in foreign.headers
 
 
+def patch_in_background(
+    client: httpx.Client, auth: dict[str, str], location: str, body: Iterator[bytes]
+) -> tuple[threading.Thread, list[httpx.Response]]:
+    """PATCH body from offset 0 on a thread; its answer is put in the list."""
+    outcome: list[httpx.Response] = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(patch_upload(client, auth, location, 0, body))
+    )
+    thread.start()
+    return thread, outcome
+
+
 def test_over_the_in_flight_budget_is_503_with_retry_after(
     auth: dict[str, str],
 ) -> None:
@@ -150,22 +162,7 @@ def test_over_the_in_flight_budget_is_503_with_retry_after(
                     sent.set()
                     time.sleep(0.25)
 
-            outcome: list[httpx.Response] = []
-            thread = threading.Thread(
-                target=lambda: outcome.append(
-                    client.patch(
-                        first,
-                        headers={
-                            **TUS,
-                            **auth,
-                            "Upload-Offset": "0",
-                            "Content-Type": "application/offset+octet-stream",
-                        },
-                        content=slow(),
-                    )
-                )
-            )
-            thread.start()
+            thread, outcome = patch_in_background(client, auth, first, slow())
             sent.wait(10)
             # The gateway counts the slow body once its first bytes arrive:
             # ask until it does (the slow PATCH lasts about 4 s).
@@ -223,22 +220,7 @@ def test_a_silent_body_gives_back_budget_a_newcomer_waits_for(
                     yield b"x"
                     time.sleep(0.5)
 
-            outcome: list[httpx.Response] = []
-            thread = threading.Thread(
-                target=lambda: outcome.append(
-                    client.patch(
-                        slow,
-                        headers={
-                            **TUS,
-                            **auth,
-                            "Upload-Offset": "0",
-                            "Content-Type": "application/offset+octet-stream",
-                        },
-                        content=body(),
-                    )
-                )
-            )
-            thread.start()
+            thread, outcome = patch_in_background(client, auth, slow, body())
             assert quiet.wait(30)
             time.sleep(1)
             started = time.monotonic()
