@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
 from ingest_gateway import tus
+from ingest_gateway.errors import BodyTimeout
 from ingest_gateway.limits import Budget
 from ingest_gateway.producer import cut_chunks, final_marker
 from ingest_gateway.session import Exclusive
@@ -38,6 +39,7 @@ from streams.errors import (
     ChecksumMismatch,
     Conflict,
     InvalidRequest,
+    Locked,
     PayloadTooLarge,
 )
 from streams.events import now_ms
@@ -133,6 +135,15 @@ class BodyWriter:
         self._topic = settings.topic(
             PARTIAL_CHUNKS if state.get("concat") == "PARTIAL" else CHUNKS
         )
+        # Shared by the body loop and its quiet watcher (see _read).
+        self._pieces = Pieces()
+        self._pending: asyncio.Task[None] | None = None
+        self._steps = asyncio.Lock()
+        self._flushes = True
+        self._heard = True
+        self._reading = False
+        self._interrupted: str | None = None
+        self._failure: BaseException | None = None
 
     async def write(
         self,
@@ -197,45 +208,83 @@ class BodyWriter:
         see :class:`Pieces`); each chunk event is encoded straight from them
         in the committing thread. When another body waits for budget this
         one holds beyond its fair part, what is buffered is committed early
-        and the excess given back, also while the client sends nothing
-        (see :meth:`_watch_quiet`).
+        and the excess given back, also while the client sends nothing. A
+        body that ends early (the client went away, or was silent for
+        ``gateway_body_idle_s``: 408) keeps what arrived.
         """
-        self._pieces = Pieces()
-        self._pending: asyncio.Task[None] | None = None
-        self._steps = asyncio.Lock()
-        self._heard = True
+        received, ended = await self._read(request, remaining, self._buffer)
+        if self._pieces.size:
+            pieces, size = self._pieces.take()
+            await self._commit(pieces, size, last=True)
+        if ended == "idle":
+            raise self._idle_error()
+        return received
+
+    async def _buffer(self, piece: bytes) -> None:
+        self._pieces.add(piece)
+        pending = self._pending
+        if self._pieces.size >= self._batch or (pending is None and self._share.owes()):
+            await self._step(flush=True)
+        elif pending is None or pending.done():
+            await self._step(flush=False)
+
+    async def _read(
+        self,
+        request: Request,
+        remaining: int,
+        take: Callable[[bytes], Awaitable[None]],
+        *,
+        flushes: bool = True,
+    ) -> tuple[int, str]:
+        """Hand each body piece to take, with a quiet watcher alongside.
+
+        Returns the bytes received and how the body ended: ``complete``,
+        ``disconnected`` or ``idle``. Raises what take or a commit raised,
+        once no commit is running any more.
+        """
+        self._flushes = flushes
+        body = asyncio.current_task()
+        assert body is not None
         received = 0
-        watcher = asyncio.create_task(self._watch_quiet())
+        ended = "complete"
+        watcher = asyncio.create_task(self._watch_quiet(body))
+        pieces_in = request.stream().__aiter__()
         try:
-            async for piece in request.stream():
+            while True:
+                self._reading = True
+                try:
+                    piece = await pieces_in.__anext__()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    self._reading = False
                 self._heard = True
                 received += len(piece)
                 if received > remaining:
                     raise PayloadTooLarge(
                         "body exceeds Upload-Length", reason="exceeds-length"
                     )
-                self._pieces.add(piece)
-                pending = self._pending
-                if self._pieces.size >= self._batch or (
-                    pending is None and self._share.owes()
-                ):
-                    await self._step(flush=True)
-                elif pending is None or pending.done():
-                    await self._step(flush=False)
+                await take(piece)
         except ClientDisconnect:
+            ended = "disconnected"
             log.info("chunk.client_disconnected", received=received)
+        except asyncio.CancelledError:
+            if self._interrupted is None:  # not ours: the server is stopping
+                await self._abandon(watcher)
+                raise
+            body.uncancel()
+            ended = self._interrupted
+            log.warning("chunk.body_interrupted", why=ended, received=received)
         except BaseException:
-            await self._stop_watching(watcher)
-            if self._pending is not None:
-                await asyncio.gather(self._pending, return_exceptions=True)
+            await self._abandon(watcher)
             raise
         await self._stop_watching(watcher)
+        if self._failure is not None:
+            raise self._failure
         if self._pending is not None:
-            await self._pending
-        if self._pieces.size:
-            pieces, size = self._pieces.take()
-            await self._commit(pieces, size, last=True)
-        return received
+            await self._pending  # raises what a failed commit raised
+            self._pending = None
+        return received, ended
 
     async def _step(self, *, flush: bool) -> None:
         """Settle the committing batch if done; start the next one if flush.
@@ -258,34 +307,72 @@ class BodyWriter:
             elif self._pending is None:
                 await self._exclusive.keepalive()
 
-    async def _watch_quiet(self) -> None:
-        """While the client sends nothing, keep the lease and pay back budget.
+    async def _watch_quiet(self, body: asyncio.Task[Any]) -> None:
+        """While the client sends nothing: keep the lease, pay back budget,
+        and end the body once it has been silent for ``gateway_body_idle_s``.
 
         The body loop acts only when a piece arrives; a client that stalls
-        would otherwise hold a share a waiting body needs, and let its
-        lease lapse. One timer per request, rather than a timeout around
-        every read, keeps the fast path free of it.
+        would otherwise hold a share a waiting body needs, let its lease
+        lapse, or hold both for ever. One timer per request, rather than a
+        timeout around every read, keeps the fast path free of it. Silence
+        is counted only while the loop waits on the client, not while it
+        waits on Kafka. A failed renewal is tried again at the next tick
+        (Kafka may be back, the lease still ours); a lost lease or a failed
+        commit ends the body at once rather than when the client next speaks.
         """
+        idle_s = self._settings.gateway_body_idle_s
+        silent_s = 0.0
         while True:
             await asyncio.sleep(RECHECK_S)
             if self._heard:
                 self._heard = False
+                silent_s = 0.0
                 continue
+            silent_s = silent_s + RECHECK_S if self._reading else 0.0
+            if silent_s >= idle_s:
+                self._interrupt(body, "idle")
+                return
             pending = self._pending
             if pending is not None and pending.done():
                 if pending.cancelled() or pending.exception() is not None:
-                    return  # the body loop raises it when it next steps
+                    self._interrupt(body, "failed")
+                    return
             try:
-                await self._step(flush=pending is None and self._share.owes())
-            except Exception as exc:  # the body loop meets it at its next commit
-                log.warning("chunk.quiet_step_failed", error=str(exc))
+                await self._step(
+                    flush=self._flushes and pending is None and self._share.owes()
+                )
+            except Locked as exc:
+                self._failure = exc
+                self._interrupt(body, "failed")
                 return
+            except Exception as exc:
+                log.warning("chunk.quiet_step_failed", error=str(exc))
+
+    def _interrupt(self, body: asyncio.Task[Any], why: str) -> None:
+        """End a body that waits on its client; never one inside a commit
+        (the body loop then meets the failure itself, at its next step)."""
+        if self._reading:
+            self._interrupted = why
+            body.cancel()
+
+    async def _abandon(self, watcher: asyncio.Task[None]) -> None:
+        """The body failed: stop watching and let the committing batch end."""
+        await self._stop_watching(watcher)
+        if self._pending is not None:
+            await asyncio.gather(self._pending, return_exceptions=True)
 
     async def _stop_watching(self, watcher: asyncio.Task[None]) -> None:
         """End the watcher between steps, never inside a commit."""
         async with self._steps:
             watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+
+    def _idle_error(self) -> BodyTimeout:
+        return BodyTimeout(
+            "no body bytes arrived for "
+            f"{self._settings.gateway_body_idle_s:g} s; resume from HEAD",
+            reason="body-idle",
+        )
 
     async def _verified(
         self,
@@ -296,25 +383,25 @@ class BodyWriter:
         """Spool and verify the whole body, then commit it batch by batch."""
         hasher, expected = checksum
         batch_bytes = self._batch
-        received = 0
         with tempfile.SpooledTemporaryFile(max_size=batch_bytes) as spool:
-            try:
-                async for piece in request.stream():
-                    received += len(piece)
-                    if received > remaining:
-                        raise PayloadTooLarge(
-                            "body exceeds Upload-Length", reason="exceeds-length"
-                        )
-                    hasher.update(piece)
-                    spool.write(piece)
-                    await self._exclusive.keepalive()
-            except ClientDisconnect:
+
+            async def spooled(piece: bytes) -> None:
+                hasher.update(piece)
+                spool.write(piece)
+                await self._step(flush=False)
+
+            received, ended = await self._read(
+                request, remaining, spooled, flushes=False
+            )
+            if ended != "complete":
                 # The checksum covers the whole body: a part proves nothing.
                 log.warning("chunk.interrupted_with_checksum", received=received)
+                if ended == "idle":
+                    raise self._idle_error()
                 raise InvalidRequest(
                     "body ended before the checksum could be verified",
                     reason="interrupted",
-                ) from None
+                )
             if hasher.digest() != expected:
                 raise ChecksumMismatch("checksum mismatch", reason="checksum")
 

@@ -5,6 +5,7 @@ turn them into JSON bodies. Errors that tell a client to come back later
 carry ``retry_after`` (seconds), sent as ``Retry-After``::
 
     ClientError
+    ├── BodyTimeout          408  the client sent nothing for too long mid-body
     ├── Gone                 410  the upload expired
     ├── IdempotencyMismatch  422  an Idempotency-Key reused for another request
     ├── Busy (Locked)        423  another request holds the upload's lease
@@ -16,6 +17,10 @@ carry ``retry_after`` (seconds), sent as ``Retry-After``::
 from __future__ import annotations
 
 from streams.errors import ClientError, DependencyUnavailable, Locked
+
+
+class BodyTimeout(ClientError):
+    status = 408
 
 
 class Gone(ClientError):

@@ -178,8 +178,8 @@ OPENAPI: dict[str, Any] = {
                 },
                 "responses": {
                     "204": {"description": "Upload-Offset after the append"},
-                    **_errors(400, 403, 404, 409, 410, 412, 413, 415, 423, 429, 460),
-                    "503": _ERROR,
+                    **_errors(400, 403, 404, 408, 409, 410, 412, 413, 415, 423),
+                    **_errors(429, 460, 503),
                 },
             },
             "delete": {

@@ -21,6 +21,9 @@ A holder that finds itself fenced mid-request (someone passed step 2 and
 stopped at step 4) initialises again, rereads, and carries on only while the
 lease is still its own and the offset unchanged. So two requests never both
 commit, and the one already writing keeps going while the newcomer gets 423.
+A holder that finds the upload taken (its lease lapsed while it stalled, and
+another request went on) gets 423 and never commits again, not even to
+release: its state is stale, and writing it would roll the upload back.
 
 Leases are renewed by every commit and by :meth:`Exclusive.keepalive` while
 a slow body arrives, and released by the request's last commit. A holder
@@ -93,6 +96,10 @@ class Exclusive:
         self._renewed = time.monotonic()
         self._released = False
         self._leased = False
+        # Set once another request is found holding the upload: from then on
+        # this one must never commit, not even to release (it would write
+        # its stale state over the other's).
+        self._lost = False
         self._writer: UploadWriter | None = writer
 
     async def commit(
@@ -114,6 +121,8 @@ class Exclusive:
             state["lease_holder"] = self._me
             state["lease_expires_at"] = now_ms() + int(owner.lease_s * 1000)
 
+        if self._lost:
+            raise Locked("another request took this upload", reason="locked")
         for attempt in range(2):
             try:
                 if self._writer is None:
@@ -148,19 +157,37 @@ class Exclusive:
             self._writer = None
 
     async def _refence(self) -> None:
-        """Fenced while holding the lease: fence back, and check nothing moved."""
+        """Fenced: fence back, and check nothing moved.
+
+        Holding the lease, it must still be ours. Taking it (the writer was
+        fenced while it sat idle here), nobody else may hold it now. Either
+        way the upload must be where this request saw it.
+        """
         owner = self._owner
         self._writer, _ = await owner.writers.get(self.state["upload_id"])
         await asyncio.to_thread(owner.states.sync_upload, self.state["upload_id"])
         current = owner.states.get(self.state["upload_id"])
         if current is None and not self._leased:
             return  # a creation: nothing was there, nothing is
+        ours = current is not None and (
+            current.get("lease_holder") == self._me
+            if self._leased
+            else not owner.held_elsewhere(current, self._me)
+        )
         if (
             current is None
-            or current.get("lease_holder") != self._me
+            or not ours
             or current["offset"] != self.state["offset"]
             or current["status"] != self.state["status"]
+            or current["length"] != self.state["length"]
         ):
+            self._lost = True
+            await self._drop_writer()
+            log.warning(
+                "lease.lost",
+                holder=(current or {}).get("lease_holder"),
+                offset=(current or {}).get("offset"),
+            )
             raise Locked("another request took this upload", reason="locked")
         log.warning("lease.refenced")
 
@@ -172,7 +199,7 @@ class Exclusive:
     async def release(self) -> None:
         """Give the lease up (best effort: a lease lapses by itself anyway)."""
         try:
-            if not self._released:
+            if not self._released and not self._lost:
                 await self.commit(self.state, release=True)
         except (KafkaUnavailable, Locked) as exc:
             log.warning("lease.release_failed", error=str(exc))

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     # A writer's lease on an upload; renewed while its request runs, so a
     # killed instance blocks others for at most this long.
     gateway_lease_s: float = Field(default=6.0, ge=1, le=120)
+    # A request body that sends nothing for this long is ended (408); what
+    # arrived before stays committed. Stalled clients would otherwise hold
+    # their upload's lease and a share of the in-flight budget for ever.
+    gateway_body_idle_s: float = Field(default=60.0, ge=1)
     # Largest batch of a PATCH body per Kafka transaction (batches shrink
     # as more requests share the in-flight budget).
     gateway_batch_bytes: int = Field(default=8 * 1024**2, ge=1024, le=64 * 1024**2)

@@ -13,6 +13,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -184,6 +185,40 @@ def patch_upload(
     if checksum is not None:
         headers["Upload-Checksum"] = checksum
     return gateway.patch(location, headers=headers, content=data)
+
+
+def patch_in_background(
+    url: str,
+    auth: dict[str, str],
+    offset: int,
+    body: Iterator[bytes],
+    **headers: str,
+) -> tuple[threading.Thread, list[Any]]:
+    """PATCH body to url on a thread; its response (or HTTP error) lands in the list."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            with httpx.Client(timeout=120, verify=False) as client:  # noqa: S501
+                outcome.append(
+                    client.patch(
+                        url,
+                        headers={
+                            **TUS,
+                            **auth,
+                            "Content-Type": "application/offset+octet-stream",
+                            "Upload-Offset": str(offset),
+                            **headers,
+                        },
+                        content=body,
+                    )
+                )
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
 
 
 def sha256_checksum(data: bytes) -> str:

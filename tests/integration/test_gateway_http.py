@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 import ssl
 import threading
 import time
@@ -18,7 +19,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .conftest import TUS, create_upload, patch_upload
+from streams.config import Settings
+
+from .conftest import (
+    TUS,
+    assert_tiles,
+    chunks_of,
+    create_upload,
+    patch_in_background,
+    patch_upload,
+    sha256_checksum,
+)
 from .gateways import GatewayProcess
 
 
@@ -129,18 +140,6 @@ def test_cors_exposes_tus_headers_over_tls(
     assert "Access-Control-Allow-Origin" not in foreign.headers
 
 
-def patch_in_background(
-    client: httpx.Client, auth: dict[str, str], location: str, body: Iterator[bytes]
-) -> tuple[threading.Thread, list[httpx.Response]]:
-    """PATCH body from offset 0 on a thread; its answer is put in the list."""
-    outcome: list[httpx.Response] = []
-    thread = threading.Thread(
-        target=lambda: outcome.append(patch_upload(client, auth, location, 0, body))
-    )
-    thread.start()
-    return thread, outcome
-
-
 def test_over_the_in_flight_budget_is_503_with_retry_after(
     auth: dict[str, str],
 ) -> None:
@@ -162,7 +161,9 @@ def test_over_the_in_flight_budget_is_503_with_retry_after(
                     sent.set()
                     time.sleep(0.25)
 
-            thread, outcome = patch_in_background(client, auth, first, slow())
+            thread, outcome = patch_in_background(
+                tight.url + httpx.URL(first).path, auth, 0, slow()
+            )
             sent.wait(10)
             # The gateway counts the slow body once its first bytes arrive:
             # ask until it does (the slow PATCH lasts about 4 s).
@@ -220,7 +221,9 @@ def test_a_silent_body_gives_back_budget_a_newcomer_waits_for(
                     yield b"x"
                     time.sleep(0.5)
 
-            thread, outcome = patch_in_background(client, auth, slow, body())
+            thread, outcome = patch_in_background(
+                gateway.url + httpx.URL(slow).path, auth, 0, body()
+            )
             assert quiet.wait(30)
             time.sleep(1)
             started = time.monotonic()
@@ -237,3 +240,54 @@ def test_a_silent_body_gives_back_budget_a_newcomer_waits_for(
     assert waited < 4  # the budget's wait is 5 s: it was not waited out
     assert outcome[0].status_code == 204
     assert int(offset) >= 12 * 256 * 1024
+
+
+@pytest.mark.parametrize("body", ["streamed", "checksummed"])
+def test_a_body_silent_past_the_idle_limit_is_408_and_keeps_what_arrived(
+    body: str, auth: dict[str, str], settings: Settings
+) -> None:
+    """A client that stops sending mid-body is cut off after
+    SLUICE_GATEWAY_BODY_IDLE_S, rather than holding its upload's lease and
+    budget for ever. What arrived is committed (nothing, when a checksum
+    covers the whole body), and the client resumes from HEAD."""
+    gateway = GatewayProcess(9, "gw-idle", SLUICE_GATEWAY_BODY_IDLE_S="2").start()
+    data = os.urandom(1024 * 1024)
+    part = data[: 300 * 1024]
+    try:
+        with gateway.client() as client:
+            created = create_upload(client, auth, len(data))
+            path = httpx.URL(created.headers["Location"]).path
+            request = [
+                f"PATCH {path} HTTP/1.1",
+                f"Host: 127.0.0.1:{gateway.port}",
+                "Tus-Resumable: 1.0.0",
+                f"Authorization: {auth['Authorization']}",
+                "Content-Type: application/offset+octet-stream",
+                "Upload-Offset: 0",
+                f"Content-Length: {len(data)}",
+            ]
+            if body == "checksummed":
+                request.append(f"Upload-Checksum: {sha256_checksum(data)}")
+            with socket.create_connection(("127.0.0.1", gateway.port), 30) as sock:
+                sock.sendall("\r\n".join(request).encode() + b"\r\n\r\n" + part)
+                started = time.monotonic()
+                answer = b""
+                while b"body-idle" not in answer:
+                    received = sock.recv(65536)  # the client sends nothing more
+                    if not received:
+                        break
+                    answer += received
+                waited = time.monotonic() - started
+            head = client.head(path, headers={**TUS, **auth})
+            offset = int(head.headers["Upload-Offset"])
+            resumed = patch_upload(client, auth, path, offset, data[offset:])
+    finally:
+        gateway.stop()
+
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"body-idle" in answer
+    assert 2 <= waited < 15
+    assert offset == (len(part) if body == "streamed" else 0)
+    assert resumed.status_code == 204, resumed.text
+    upload_id = path.rsplit("/", 1)[-1]
+    assert assert_tiles(chunks_of(settings, upload_id), len(data)) == data

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -27,12 +28,13 @@ from .conftest import (
     assert_tiles,
     chunks_of,
     create_upload,
+    patch_in_background,
     patch_upload,
+    sha256_checksum,
     stored_bytes,
 )
 from .gateways import GatewayProcess
 
-OCTETS = {"Content-Type": "application/offset+octet-stream"}
 PIECE = 256 * 1024
 
 
@@ -50,29 +52,6 @@ def slow_body(data: bytes, delay_s: float, sent: list[int]) -> Iterator[bytes]:
         yield piece
         sent[0] += len(piece)
         time.sleep(delay_s)
-
-
-def patch_in_background(
-    url: str, auth: dict[str, str], offset: int, body: Iterator[bytes]
-) -> tuple[threading.Thread, list[Any]]:
-    outcome: list[Any] = []
-
-    def run() -> None:
-        try:
-            with httpx.Client(timeout=120) as client:
-                outcome.append(
-                    client.patch(
-                        url,
-                        headers={**TUS, **auth, **OCTETS, "Upload-Offset": str(offset)},
-                        content=body,
-                    )
-                )
-        except httpx.HTTPError as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
 
 
 def until(probe: Callable[[], bool], timeout_s: float = 30) -> None:
@@ -231,3 +210,65 @@ def test_a_killed_gateway_loses_nothing_it_acknowledged(
     assert assert_tiles(chunks_of(settings, upload_id), len(data)) == data
     result = result_of(upload_id)
     assert stored_bytes(store, result) == data
+
+
+@pytest.mark.parametrize("body", ["streamed", "checksummed"])
+def test_a_writer_that_lost_its_lease_never_writes_over_the_winner(
+    body: str,
+    gateway: httpx.Client,
+    auth: dict[str, str],
+    settings: Settings,
+) -> None:
+    """An instance stalls (SIGSTOP, as a long GC pause or a frozen VM would)
+    in the middle of a body; its lease lapses and another instance finishes
+    the upload. When it wakes, its request gets 423 and the upload's state
+    stays the winner's: HEAD never goes below what the winner acknowledged."""
+    stalled = GatewayProcess(8, "gw-stalled").start()
+    data = os.urandom(4 * 1024 * 1024)
+    head_start = data[: 4 * PIECE]
+    path = httpx.URL(create_upload(gateway, auth, len(data)).headers["Location"]).path
+    upload_id = path.rsplit("/", 1)[-1]
+    go = threading.Event()
+    sent = [0]
+
+    def first_part_then_wait() -> Iterator[bytes]:
+        yield from slow_body(head_start, 0, sent)
+        go.wait(60)
+
+    extra = {}
+    if body == "checksummed":
+        extra["Upload-Checksum"] = sha256_checksum(head_start)
+    try:
+        assert stalled.process is not None
+        thread, outcome = patch_in_background(
+            f"{stalled.url}{path}", auth, 0, first_part_then_wait(), **extra
+        )
+        until(lambda: sent[0] == len(head_start))
+        time.sleep(1)  # the stalled instance has read what was sent
+        stalled.process.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(settings.gateway_lease_s + 2)
+            offset = head_offset(gateway, path, auth)
+            finished = patch_upload(gateway, auth, path, offset, data[offset:])
+        finally:
+            stalled.process.send_signal(signal.SIGCONT)
+        go.set()
+        thread.join(60)
+        time.sleep(1)  # let both instances read the last state
+        with stalled.client() as woken:
+            offsets = (head_offset(gateway, path, auth), head_offset(woken, path, auth))
+        lost = "lease.lost" in stalled.log_path.read_text()
+    finally:
+        go.set()
+        stalled.stop()
+
+    assert finished.status_code == 204, finished.text
+    assert int(finished.headers["Upload-Offset"]) == len(data)
+    (answer,) = outcome
+    # The stalled request may be answered while its client still sends
+    # (then the client sees the connection close) but never with success.
+    if isinstance(answer, httpx.Response):
+        assert answer.status_code == 423, answer.text
+    assert lost
+    assert offsets == (len(data), len(data))
+    assert assert_tiles(chunks_of(settings, upload_id), len(data)) == data
