@@ -163,6 +163,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         access_log=False,
         ssl_certfile=str(tls) if tls else None,
         ssl_keyfile=str(settings.gateway_tls_key) if tls else None,
+        timeout_graceful_shutdown=int(settings.gateway_shutdown_grace_s),
     )
     return EXIT_OK
 

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # arrived before stays committed. Stalled clients would otherwise hold
     # their upload's lease and a share of the in-flight budget for ever.
     gateway_body_idle_s: float = Field(default=60.0, ge=1)
+    # On SIGTERM, bodies still arriving after this long are cut off; what they
+    # committed stays, and their clients resume from HEAD elsewhere.
+    gateway_shutdown_grace_s: float = Field(default=30.0, ge=0)
     # Largest batch of a PATCH body per Kafka transaction (batches shrink
     # as more requests share the in-flight budget).
     gateway_batch_bytes: int = Field(default=8 * 1024**2, ge=1024, le=64 * 1024**2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import socket
 import ssl
 import threading
@@ -291,3 +292,41 @@ def test_a_body_silent_past_the_idle_limit_is_408_and_keeps_what_arrived(
     assert resumed.status_code == 204, resumed.text
     upload_id = path.rsplit("/", 1)[-1]
     assert assert_tiles(chunks_of(settings, upload_id), len(data)) == data
+
+
+def test_sigterm_cuts_off_a_silent_body_after_the_grace_period(
+    auth: dict[str, str],
+) -> None:
+    """A gateway told to stop waits for bodies still arriving, but not for
+    ever: after SLUICE_GATEWAY_SHUTDOWN_GRACE_S it exits, and the upload
+    is where its last commit left it."""
+    gateway = GatewayProcess(10, "gw-grace", SLUICE_GATEWAY_SHUTDOWN_GRACE_S="2")
+    gateway.start()
+    go = threading.Event()
+
+    def part_then_silence() -> Iterator[bytes]:
+        yield b"x" * 1000
+        go.wait(60)
+
+    try:
+        with gateway.client() as client:
+            path = httpx.URL(
+                create_upload(client, auth, 10_000).headers["Location"]
+            ).path
+            thread, _ = patch_in_background(
+                gateway.url + path, auth, 0, part_then_silence()
+            )
+            time.sleep(1)
+            assert gateway.process is not None
+            started = time.monotonic()
+            gateway.process.terminate()
+            gateway.process.wait(20)
+            took = time.monotonic() - started
+    finally:
+        go.set()
+        gateway.stop()
+    thread.join(10)
+
+    assert 2 <= took < 10
+    # uvicorn ends by re-raising the signal it shut down for
+    assert gateway.process.returncode in (0, -signal.SIGTERM)
