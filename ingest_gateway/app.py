@@ -29,7 +29,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from ingest_gateway import concat, control, creation, expiry, http, progress, tus
 from ingest_gateway.append import BodyWriter
 from ingest_gateway.concat import PartialTopic
-from ingest_gateway.errors import Gone
+from ingest_gateway.errors import BodyTimeout, Gone
 from ingest_gateway.limits import Budget, TenantRates, tenant_limit
 from ingest_gateway.memory import MemoryKeeper
 from ingest_gateway.producer import UploadWriters, final_marker
@@ -254,6 +254,12 @@ async def create(request: Request) -> Response:
         exclusive = await acquire(gateway.writers, upload_id, new_id(), check)
         try:
             final = await _fill(request, gateway, exclusive, asked, parts, replayed)
+        except (ClientError, DependencyUnavailable) as exc:
+            # The upload exists now: a body cut short (408, 503, 413) is
+            # resumed from HEAD, which the client can only do knowing where.
+            location = str(request.url_for("upload", upload_id=upload_id))
+            exc.upload_location = location
+            raise
         finally:
             await exclusive.release()
         if not replayed:
@@ -482,12 +488,16 @@ async def _client_error(request: Request, exc: Exception) -> Response:
     log.info(
         "request.refused", method=request.method, status=exc.status, reason=exc.reason
     )
-    headers = _tus_headers()
+    headers = _tus_headers(_upload_location(exc))
     if exc.status == 401:
         headers["WWW-Authenticate"] = www_authenticate(exc.reason)
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
+    if isinstance(exc, BodyTimeout):
+        # The rest of the body may still trickle in: do not read it as the
+        # connection's next request.
+        headers["Connection"] = "close"
     return JSONResponse(
         {"error": exc.reason, "message": str(exc)},
         status_code=exc.status,
@@ -502,8 +512,16 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     return JSONResponse(
         {"error": "unavailable", "message": str(exc) or "a dependency is unavailable"},
         status_code=503,
-        headers=_tus_headers({"Retry-After": str(retry_after)}),
+        headers=_tus_headers(
+            {**_upload_location(exc), "Retry-After": str(retry_after)}
+        ),
     )
+
+
+def _upload_location(exc: Exception) -> dict[str, str]:
+    """Location of the upload a failed creation-with-upload did create."""
+    location = getattr(exc, "upload_location", None)
+    return {"Location": location} if location else {}
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

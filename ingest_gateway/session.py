@@ -245,28 +245,44 @@ async def acquire(
             raise _locked(left)
 
     owner.busy.add(upload_id)
-    try:
-        writer, fresh = await owner.writers.get(upload_id)
-    except BaseException:
-        owner.busy.discard(upload_id)
-        raise
+    writer: UploadWriter | None = None
     exclusive: Exclusive | None = None
     try:
-        if fresh:
-            await asyncio.to_thread(owner.states.sync_upload, upload_id)
-        current = owner.states.get(upload_id)
-        base = check(current)
-        left = owner.held_elsewhere(current, me)
-        if left:
-            raise _locked(left)
-        exclusive = Exclusive(owner, writer, current or base, me)
-        await exclusive.commit(base)
-        return exclusive
+        writer, fresh = await owner.writers.get(upload_id)
+        synced = False
+        while True:
+            if fresh and not synced:
+                await asyncio.to_thread(owner.states.sync_upload, upload_id)
+                synced = True
+            current = owner.states.get(upload_id)
+            base = check(current)
+            left = owner.held_elsewhere(current, me)
+            if left and not synced:
+                # A pooled writer's view may lag another instance's release.
+                await asyncio.to_thread(owner.states.sync_upload, upload_id)
+                synced = True
+                continue
+            if left:
+                raise _locked(left)
+            exclusive, writer = Exclusive(owner, writer, current or base, me), None
+            try:
+                await exclusive.commit(base)
+                return exclusive
+            except Locked:
+                await exclusive._drop_writer()
+                if synced:
+                    raise
+            # The pooled writer had been fenced: another instance wrote the
+            # upload since this one last did, so what check saw may be stale.
+            # Decide again on the exact state, with a writer of our own.
+            exclusive = None
+            writer, fresh = await owner.writers.get(upload_id)
     except BaseException:
         if exclusive is not None:
             await exclusive.drop()
         else:
-            await owner.writers.put_back(writer)
+            if writer is not None:
+                await owner.writers.put_back(writer)
             owner.busy.discard(upload_id)
         raise
 

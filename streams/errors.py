@@ -35,6 +35,9 @@ class SluiceError(Exception):
 
     retriable: bool = False
     category: str = "INTERNAL"  # dead-letter category (DeadLetter.category)
+    # Set by the gateway when the failed request had already created an
+    # upload: the client resumes it from there (tus creation-with-upload).
+    upload_location: str | None = None
 
 
 class ClientError(SluiceError):

@@ -272,3 +272,32 @@ def test_a_writer_that_lost_its_lease_never_writes_over_the_winner(
     assert lost
     assert offsets == (len(data), len(data))
     assert assert_tiles(chunks_of(settings, upload_id), len(data)) == data
+
+
+def test_patches_taking_turns_between_instances_are_never_refused(
+    gateway: httpx.Client,
+    second: GatewayProcess,
+    auth: dict[str, str],
+    settings: Settings,
+) -> None:
+    """One client, one request at a time, alternating instances: each
+    instance's view of the upload lags the other's last commit by a few
+    milliseconds, and its pooled writer was fenced by the other. Neither
+    may turn that into a 423."""
+    piece = 64 * 1024
+    rounds = 100
+    data = os.urandom(piece * rounds)
+    path = httpx.URL(create_upload(gateway, auth, len(data)).headers["Location"]).path
+    statuses = []
+    with second.client() as other:
+        for index in range(rounds):
+            client = gateway if index % 2 == 0 else other
+            offset = index * piece
+            answered = patch_upload(
+                client, auth, path, offset, data[offset : offset + piece]
+            )
+            statuses.append(answered.status_code)
+
+    assert statuses == [204] * rounds
+    upload_id = path.rsplit("/", 1)[-1]
+    assert assert_tiles(chunks_of(settings, upload_id), len(data)) == data
