@@ -29,7 +29,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from ingest_gateway import concat, control, creation, expiry, http, progress, tus
 from ingest_gateway.append import BodyWriter
 from ingest_gateway.concat import PartialTopic
-from ingest_gateway.errors import BodyTimeout, Gone
+from ingest_gateway.errors import BodyTimeout, Gone, ShuttingDown
 from ingest_gateway.limits import Budget, TenantRates, tenant_limit
 from ingest_gateway.memory import MemoryKeeper
 from ingest_gateway.producer import UploadWriters, final_marker
@@ -100,6 +100,24 @@ class Gateway:
         )
         self.progress = progress.ProgressHub(settings)
         self.states.listeners.append(self.progress.received)
+        # Set once the shutdown grace period is over: bodies still arriving
+        # are then ended, keeping what arrived (see stopping).
+        self.cut_off = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def stopping(self) -> None:
+        """The server was told to stop: cut bodies off after the grace period.
+
+        Called from the signal handler; the server stops taking connections
+        and waits for those it has, which the cut-off lets answer (503) with
+        their bytes committed rather than be cancelled with them buffered.
+        """
+        loop = self.loop
+        if loop is None or self.cut_off.is_set():
+            return
+        grace_s = self.settings.gateway_shutdown_grace_s
+        log.info("gateway.stopping", grace_s=grace_s, requests=len(self.busy))
+        loop.call_soon_threadsafe(loop.call_later, grace_s, self.cut_off.set)
 
     async def authorize(self, request: Request, action: Action) -> Principal:
         """The caller, if their credential is valid and the matrix allows it."""
@@ -218,6 +236,7 @@ async def create(request: Request) -> Response:
 
     # Validate everything before anything is written anywhere.
     asked = creation.parse(request, settings, principal)
+    checksum = tus.parse_checksum(request.headers.get("upload-checksum"))
     parts = []
     if asked.concat == "FINAL":
         # Parts may have finished on another instance a moment ago.
@@ -253,9 +272,11 @@ async def create(request: Request) -> Response:
     ):
         exclusive = await acquire(gateway.writers, upload_id, new_id(), check)
         try:
-            final = await _fill(request, gateway, exclusive, asked, parts, replayed)
+            final = await _fill(
+                request, gateway, exclusive, asked, parts, replayed, checksum
+            )
         except (ClientError, DependencyUnavailable) as exc:
-            # The upload exists now: a body cut short (408, 503, 413) is
+            # The upload exists now: a body cut short (408, 460, 503, 413) is
             # resumed from HEAD, which the client can only do knowing where.
             location = str(request.url_for("upload", upload_id=upload_id))
             exc.upload_location = location
@@ -279,6 +300,7 @@ async def _fill(
     asked: creation.Creation,
     parts: list[dict[str, Any]],
     replayed: list[bool],
+    checksum: tuple[tus.Hasher, bytes] | None,
 ) -> dict[str, Any]:
     """After the lease: the body, the parts' copy or the empty file's marker."""
     settings = gateway.settings
@@ -300,8 +322,9 @@ async def _fill(
             settings,
             gateway.budget,
             tenant_limit(settings, state["tenant"]),
+            gateway.cut_off,
         )
-        final = await writer.write(request, None, None)
+        final = await writer.write(request, checksum, None)
         BYTES_ACKED.inc(final["offset"])
         return final
     return state
@@ -393,6 +416,7 @@ async def patch(request: Request) -> Response:
                 settings,
                 gateway.budget,
                 tenant_limit(settings, state["tenant"]),
+                gateway.cut_off,
             )
             final = await writer.write(request, checksum, declared)
         finally:
@@ -509,12 +533,13 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     REQUESTS.labels(request.method, "503").inc()
     log.warning("request.unavailable", method=request.method, error=str(exc))
     retry_after = getattr(exc, "retry_after", 5)
+    headers = _tus_headers({**_upload_location(exc), "Retry-After": str(retry_after)})
+    if isinstance(exc, ShuttingDown):
+        headers["Connection"] = "close"  # the rest of the body is not read
     return JSONResponse(
         {"error": "unavailable", "message": str(exc) or "a dependency is unavailable"},
         status_code=503,
-        headers=_tus_headers(
-            {**_upload_location(exc), "Retry-After": str(retry_after)}
-        ),
+        headers=headers,
     )
 
 
@@ -535,7 +560,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Kafka calls block in threads: enough of them for every request
         # that may be committing at once.
-        loop = asyncio.get_running_loop()
+        loop = gateway.loop = asyncio.get_running_loop()
         loop.set_default_executor(ThreadPoolExecutor(THREADS, "gateway"))
         await asyncio.to_thread(gateway.states.start)
         await asyncio.to_thread(gateway.progress.start, loop)

@@ -29,7 +29,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 
 from ingest_gateway import tus
-from ingest_gateway.errors import BodyTimeout
+from ingest_gateway.errors import BodyTimeout, ShuttingDown
 from ingest_gateway.limits import Budget
 from ingest_gateway.producer import cut_chunks, final_marker
 from ingest_gateway.session import Exclusive
@@ -125,11 +125,14 @@ class BodyWriter:
         settings: Settings,
         budget: Budget,
         limit: int,
+        cut_off: asyncio.Event,
     ) -> None:
         self._exclusive = exclusive
         self._settings = settings
         self._budget = budget
         self._limit = limit
+        # Set when the instance is stopping and its grace period is over.
+        self._cut_off = cut_off
         self._batch = settings.gateway_batch_bytes
         state = exclusive.state
         self._topic = settings.topic(
@@ -209,15 +212,15 @@ class BodyWriter:
         in the committing thread. When another body waits for budget this
         one holds beyond its fair part, what is buffered is committed early
         and the excess given back, also while the client sends nothing. A
-        body that ends early (the client went away, or was silent for
-        ``gateway_body_idle_s``: 408) keeps what arrived.
+        body that ends early (the client went away, was silent for
+        ``gateway_body_idle_s``: 408, or the instance stopped: 503) keeps
+        what arrived.
         """
         received, ended = await self._read(request, remaining, self._buffer)
         if self._pieces.size:
             pieces, size = self._pieces.take()
             await self._commit(pieces, size, last=True)
-        if ended == "idle":
-            raise self._idle_error()
+        self._raise_if_cut_short(ended)
         return received
 
     async def _buffer(self, piece: bytes) -> None:
@@ -239,7 +242,7 @@ class BodyWriter:
         """Hand each body piece to take, with a quiet watcher alongside.
 
         Returns the bytes received and how the body ended: ``complete``,
-        ``disconnected`` or ``idle``. Raises what take or a commit raised,
+        ``disconnected``, ``idle`` or ``shutdown``. Raises what take or a commit raised,
         once no commit is running any more.
         """
         self._flushes = flushes
@@ -324,6 +327,9 @@ class BodyWriter:
         silent_s = 0.0
         while True:
             await asyncio.sleep(RECHECK_S)
+            if self._cut_off.is_set() and self._reading:
+                self._interrupt(body, "shutdown")
+                return
             if self._heard:
                 self._heard = False
                 silent_s = 0.0
@@ -367,12 +373,16 @@ class BodyWriter:
             watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
 
-    def _idle_error(self) -> BodyTimeout:
-        return BodyTimeout(
-            "no body bytes arrived for "
-            f"{self._settings.gateway_body_idle_s:g} s; resume from HEAD",
-            reason="body-idle",
-        )
+    def _raise_if_cut_short(self, ended: str) -> None:
+        """The error of a body the gateway ended: silent, or stopping."""
+        if ended == "idle":
+            raise BodyTimeout(
+                "no body bytes arrived for "
+                f"{self._settings.gateway_body_idle_s:g} s; resume from HEAD",
+                reason="body-idle",
+            )
+        if ended == "shutdown":
+            raise ShuttingDown("this gateway instance is stopping; resume from HEAD")
 
     async def _verified(
         self,
@@ -396,8 +406,7 @@ class BodyWriter:
             if ended != "complete":
                 # The checksum covers the whole body: a part proves nothing.
                 log.warning("chunk.interrupted_with_checksum", received=received)
-                if ended == "idle":
-                    raise self._idle_error()
+                self._raise_if_cut_short(ended)
                 raise InvalidRequest(
                     "body ended before the checksum could be verified",
                     reason="interrupted",

@@ -26,6 +26,7 @@ from streams.auth import Principal
 from streams.config import Settings
 from streams.errors import InvalidRequest, NotFound, PayloadTooLarge
 from streams.events import deterministic_id, new_id, now_ms
+from streams.guard import correlation_id_of
 from streams.names import InvalidFilename, validate_filename
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -103,7 +104,7 @@ def parse(request: Request, settings: Settings, principal: Principal) -> Creatio
         concat=kind.upper(),
         parts=parts,
         idempotency_key=key,
-        correlation_id=headers.get("x-correlation-id") or new_id(),
+        correlation_id=correlation_id_of(request),
         has_body=has_body,
     )
 

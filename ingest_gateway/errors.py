@@ -11,7 +11,8 @@ carry ``retry_after`` (seconds), sent as ``Retry-After``::
     ├── Busy (Locked)        423  another request holds the upload's lease
     └── TooManyRequests      429  the tenant is over its request rate
     DependencyUnavailable
-    └── Overloaded           503  over the memory or in-flight budget
+    ├── Overloaded           503  over the memory or in-flight budget
+    └── ShuttingDown         503  the instance stopped; resume from HEAD elsewhere
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ class Overloaded(DependencyUnavailable):
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ShuttingDown(DependencyUnavailable):
+    """This instance is stopping: a body still arriving was cut off."""
+
+    retry_after = 1
 
 
 class Fenced(Exception):

@@ -151,7 +151,8 @@ OPENAPI: dict[str, Any] = {
                 ],
                 "responses": {
                     "201": {"description": "Created; Location names the upload"},
-                    **_errors(400, 401, 403, 404, 410, 412, 413, 422, 423, 429, 503),
+                    **_errors(400, 401, 403, 404, 408, 410, 412, 413, 422, 423, 429),
+                    **_errors(460, 503),
                 },
             },
         },

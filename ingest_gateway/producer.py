@@ -151,7 +151,15 @@ class UploadWriter:
         self.used_at = time.monotonic()
 
     def close(self) -> None:
-        self._producer.flush(1)
+        """Let go of the producer; never raises.
+
+        Outside a transaction a healthy writer has nothing queued, and a
+        fenced one (which flush reports as a fatal error) never will.
+        """
+        try:
+            self._producer.flush(1)
+        except KafkaException as exc:
+            log.info("producer.close_failed", error=str(exc))
 
 
 def _abort(producer: Producer) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import zlib
 from email.utils import formatdate
@@ -23,6 +22,11 @@ EXTENSIONS = (
     "concatenation",
 )
 CHECKSUM_ALGORITHMS = ("sha256", "sha1", "md5", "crc32")
+_DIGEST_BYTES = {"sha256": 32, "sha1": 20, "md5": 16, "crc32": 4}
+# An upload's metadata rides in every state record and HEAD answer: bound it
+# well under Kafka's record size and what HTTP clients read as one header.
+MAX_METADATA_BYTES = 8 * 1024
+MAX_CONCAT_PARTS = 1000
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 
 # Headers browsers' tus clients must be able to read from responses.
@@ -56,6 +60,11 @@ def parse_metadata(header: str | None) -> dict[str, str]:
     """Decode Upload-Metadata strictly: unique keys, base64 values, UTF-8."""
     if header is None or not header.strip():
         return {}
+    if len(header) > MAX_METADATA_BYTES:
+        raise InvalidRequest(
+            f"Upload-Metadata is over {MAX_METADATA_BYTES} bytes",
+            reason="metadata-too-large",
+        )
     metadata: dict[str, str] = {}
     for pair in header.split(","):
         parts = pair.strip().split(" ")
@@ -72,7 +81,7 @@ def parse_metadata(header: str | None) -> dict[str, str]:
         if len(parts) == 2:
             try:
                 value = base64.b64decode(parts[1], validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError) as exc:
+            except ValueError as exc:  # binascii.Error, non-ASCII, not UTF-8
                 raise InvalidRequest(
                     f"metadata value of {key!r} is not base64 UTF-8",
                     reason="metadata",
@@ -100,8 +109,13 @@ def parse_checksum(header: str | None) -> tuple[Hasher, bytes] | None:
         )
     try:
         expected = base64.b64decode(encoded, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or non-ASCII characters
         raise InvalidRequest("checksum is not base64", reason="checksum") from exc
+    if len(expected) != _DIGEST_BYTES[algorithm]:
+        raise InvalidRequest(
+            f"a {algorithm} checksum is {_DIGEST_BYTES[algorithm]} bytes",
+            reason="checksum",
+        )
     hasher: Hasher = _Crc32() if algorithm == "crc32" else hashlib.new(algorithm)
     return hasher, expected
 
@@ -137,6 +151,10 @@ def parse_concat(header: str | None) -> tuple[str, list[str]] | None:
         if not upload_id.isalnum():
             raise InvalidRequest("Upload-Concat names a bad upload", reason="concat")
         ids.append(upload_id)
+    if len(ids) > MAX_CONCAT_PARTS:
+        raise InvalidRequest(
+            f"a final upload takes at most {MAX_CONCAT_PARTS} parts", reason="concat"
+        )
     return "final", ids
 
 

@@ -38,6 +38,8 @@ from streams.config import Settings, get_settings
 from streams.permissions import Action
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from streams.audit import AuditLog
     from streams.auth import Principal
 
@@ -58,6 +60,9 @@ _EXIT_BY_STATUS: Final = {
 }
 
 HTTP_TIMEOUT_S: Final = 60.0
+# After the gateway's shutdown grace period: for bodies it cut off to commit
+# what arrived and answer, before uvicorn cancels what is left.
+CUT_OFF_ANSWER_S: Final = 15
 JWKS_PATHS: Final = ("/.well-known/jwks.json", "/jwks.json")
 
 
@@ -155,16 +160,28 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, component="gateway")
     host, _, port = settings.gateway_listen.rpartition(":")
     tls = settings.gateway_tls_cert
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    gateway = app.state.gateway
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            gateway.stopping()
+
+    config = uvicorn.Config(
+        app,
         host=host,
         port=int(port),
         log_level="warning",
         access_log=False,
         ssl_certfile=str(tls) if tls else None,
         ssl_keyfile=str(settings.gateway_tls_key) if tls else None,
-        timeout_graceful_shutdown=int(settings.gateway_shutdown_grace_s),
+        # Past the grace period the gateway cuts bodies off itself; this
+        # is the time they get to commit and answer before uvicorn cancels.
+        timeout_graceful_shutdown=int(settings.gateway_shutdown_grace_s)
+        + CUT_OFF_ANSWER_S,
     )
+    Server(config).run()
     return EXIT_OK
 
 

@@ -311,39 +311,62 @@ def test_a_body_silent_past_the_idle_limit_is_408_and_keeps_what_arrived(
     assert assert_tiles(chunks_of(settings, upload_id), len(data)) == data
 
 
-def test_sigterm_cuts_off_a_silent_body_after_the_grace_period(
+@pytest.mark.parametrize("client_is", ["silent", "still-sending"])
+def test_sigterm_cuts_off_a_body_after_the_grace_period_keeping_what_arrived(
+    client_is: str,
+    gateway: httpx.Client,
     auth: dict[str, str],
+    settings: Settings,
 ) -> None:
     """A gateway told to stop waits for bodies still arriving, but not for
-    ever: after SLUICE_GATEWAY_SHUTDOWN_GRACE_S it exits, and the upload
-    is where its last commit left it."""
-    gateway = GatewayProcess(10, "gw-grace", SLUICE_GATEWAY_SHUTDOWN_GRACE_S="2")
-    gateway.start()
+    ever: after SLUICE_GATEWAY_SHUTDOWN_GRACE_S it ends them with 503 and
+    Retry-After, commits what arrived, and exits. HEAD (on any instance)
+    then says exactly how much, and the client resumes from there."""
+    stopping = GatewayProcess(10, "gw-grace", SLUICE_GATEWAY_SHUTDOWN_GRACE_S="2")
+    stopping.start()
     go = threading.Event()
+    data = os.urandom(1_000_000)
+    first = 300_000
 
-    def part_then_silence() -> Iterator[bytes]:
-        yield b"x" * 1000
-        go.wait(60)
+    def body() -> Iterator[bytes]:
+        yield data[:first]
+        if client_is == "silent":
+            go.wait(60)
+        else:  # a byte at a time, never quiet for long
+            for i in range(first, len(data)):
+                if go.wait(0.05):
+                    return
+                yield data[i : i + 1]
 
     try:
-        with gateway.client() as client:
+        with stopping.client() as client:
             path = httpx.URL(
-                create_upload(client, auth, 10_000).headers["Location"]
+                create_upload(client, auth, len(data)).headers["Location"]
             ).path
-            thread, _ = patch_in_background(
-                gateway.url + path, auth, 0, part_then_silence()
-            )
+            thread, outcome = patch_in_background(stopping.url + path, auth, 0, body())
             time.sleep(1)
-            assert gateway.process is not None
+            assert stopping.process is not None
             started = time.monotonic()
-            gateway.process.terminate()
-            gateway.process.wait(20)
+            stopping.process.terminate()
+            stopping.process.wait(20)
             took = time.monotonic() - started
     finally:
         go.set()
-        gateway.stop()
+        stopping.stop()
     thread.join(10)
 
     assert 2 <= took < 10
     # uvicorn ends by re-raising the signal it shut down for
-    assert gateway.process.returncode in (0, -signal.SIGTERM)
+    assert stopping.process.returncode in (0, -signal.SIGTERM)
+    (response,) = outcome
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.headers["connection"] == "close"
+    kept = int(gateway.head(path, headers={**TUS, **auth}).headers["Upload-Offset"])
+    if client_is == "silent":
+        assert kept == first
+    else:
+        assert first <= kept < len(data)
+    assert patch_upload(gateway, auth, path, kept, data[kept:]).status_code == 204
+    upload_id = path.rsplit("/", 1)[-1]
+    assert assert_tiles(chunks_of(settings, upload_id), len(data)) == data

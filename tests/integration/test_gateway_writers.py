@@ -301,3 +301,25 @@ def test_patches_taking_turns_between_instances_are_never_refused(
     assert statuses == [204] * rounds
     upload_id = path.rsplit("/", 1)[-1]
     assert assert_tiles(chunks_of(settings, upload_id), len(data)) == data
+
+
+def test_a_fenced_writer_closes_without_raising(settings: Settings) -> None:
+    """Closing the writer of a request that lost a race must not fail that
+    request (it was a 500): librdkafka reports the fencing from flush."""
+    from ingest_gateway.producer import UploadWriter
+    from streams.events import new_id
+
+    upload_id = new_id()
+    topic = settings.topic("upload-state")
+    loser = UploadWriter(settings, upload_id)
+    loser.init()
+    producer = loser._producer
+    producer.begin_transaction()
+    producer.produce(topic, b"first", key=upload_id.encode())
+    producer.flush(10)
+    winner = UploadWriter(settings, upload_id)
+    winner.init()  # fences loser mid-transaction
+    for _ in range(20):
+        producer.produce(topic, b"late", key=upload_id.encode())
+    loser.close()
+    winner.close()

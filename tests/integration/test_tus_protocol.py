@@ -24,6 +24,7 @@ from .conftest import (
     metadata_header,
     patch_upload,
     read_topic,
+    sha256_checksum,
     stored_bytes,
 )
 from .gateways import GatewayProcess
@@ -97,10 +98,20 @@ def test_wrong_tus_version_is_412(
         ({"Upload-Length": "3", "Upload-Metadata": "filename"}, "filename"),
         ({"Upload-Length": "3", "Upload-Metadata": "a YQ==,a YQ=="}, "metadata"),
         ({"Upload-Length": "3", "Upload-Concat": "final;"}, "concat"),
+        # not ASCII, so not base64 either (was a 500)
+        ({"Upload-Length": "3", "Upload-Metadata": b"filename \xe9\xe9"}, "metadata"),
+        (
+            {"Upload-Length": "3", "Upload-Metadata": "filename eC5i,n " + "A" * 9000},
+            "metadata-too-large",
+        ),
+        (
+            {"Upload-Concat": "final;" + " ".join(f"/files/p{i}" for i in range(1001))},
+            "concat",
+        ),
     ],
 )
 def test_bad_creation_headers_are_400(
-    headers: dict[str, str],
+    headers: dict[str, str | bytes],
     reason: str,
     gateway: httpx.Client,
     auth: dict[str, str],
@@ -131,6 +142,20 @@ def test_bad_patch_headers_are_400_415(
         gateway, auth, location, 0, b"ab", checksum="sha3 " + "AA=="
     )
     assert bad_algorithm.status_code == 400
+    for checksum in ["sha1", "sha1 AAAA", b"sha1 \xe9\xe9"]:
+        bad_checksum = gateway.patch(
+            location,
+            headers={
+                **TUS,
+                **auth,
+                **OCTETS,
+                "Upload-Offset": "0",
+                "Upload-Checksum": checksum,
+            },
+            content=b"ab",
+        )
+        assert bad_checksum.status_code == 400, checksum
+        assert bad_checksum.json()["error"] == "checksum"
     wrong_type = gateway.patch(
         location,
         headers={**TUS, **auth, "Upload-Offset": "0", "Content-Type": "text/plain"},
@@ -255,6 +280,44 @@ def test_checksums_verify_and_mismatch_is_460(
     good = patch_upload(gateway, auth, location, 0, data, checksum=digest(data))
     assert good.status_code == 204
     assert assert_tiles(chunks_of(settings, upload_id), len(data)) == data
+
+
+def test_creation_with_upload_verifies_its_checksum(
+    gateway: httpx.Client, auth: dict[str, str], settings: Settings
+) -> None:
+    """A creation-with-upload whose body does not match Upload-Checksum is
+    460 with nothing stored; the upload exists (Location) and resumes."""
+    data = os.urandom(5000)
+
+    def create(checksum: str) -> httpx.Response:
+        return gateway.post(
+            "/files",
+            headers={
+                **TUS,
+                **auth,
+                **OCTETS,
+                "Upload-Length": str(len(data)),
+                "Upload-Metadata": metadata_header(filename="summed.bin"),
+                "Upload-Checksum": checksum,
+            },
+            content=data,
+        )
+
+    bad = create(sha256_checksum(b"something else"))
+    assert bad.status_code == 460
+    location = bad.headers["Location"]
+    upload_id = location.rsplit("/", 1)[-1]
+    head = gateway.head(location, headers={**TUS, **auth})
+    assert head.headers["Upload-Offset"] == "0"
+    assert chunks_of(settings, upload_id) == []
+    resumed = patch_upload(gateway, auth, location, 0, data, sha256_checksum(data))
+    assert resumed.status_code == 204
+
+    good = create(sha256_checksum(data))
+    assert good.status_code == 201
+    assert good.headers["Upload-Offset"] == str(len(data))
+    good_id = good.headers["Location"].rsplit("/", 1)[-1]
+    assert assert_tiles(chunks_of(settings, good_id), len(data)) == data
 
 
 def test_creation_with_upload_and_defer_length_reach_the_tables(
