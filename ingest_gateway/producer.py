@@ -138,12 +138,14 @@ class UploadWriter:
             )
             producer.commit_transaction(TRANSACTION_TIMEOUT_S)
         except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            if isinstance(error, KafkaError) and (
-                error.code() in _FENCING_CODES or error.fatal()
-            ):
-                raise Fenced(str(error)) from exc
-            _abort(producer)
+            if _fenced(exc):
+                raise Fenced(str(exc.args[0])) from exc
+            aborted = _abort(producer)
+            if aborted is not None and _fenced(aborted):
+                # A commit that failed without saying why (EndTxn "unknown
+                # broker error" while another writer fences this one): the
+                # session reads where the upload really is and decides.
+                raise Fenced(str(aborted.args[0])) from exc
             raise KafkaUnavailable(f"transaction failed: {exc}") from exc
         except BaseException:
             _abort(producer)
@@ -162,11 +164,21 @@ class UploadWriter:
             log.info("producer.close_failed", error=str(exc))
 
 
-def _abort(producer: Producer) -> None:
+def _fenced(exc: KafkaException) -> bool:
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, KafkaError) and (
+        error.code() in _FENCING_CODES or error.fatal()
+    )
+
+
+def _abort(producer: Producer) -> KafkaException | None:
+    """Abort the open transaction; what prevented it, if anything."""
     try:
         producer.abort_transaction(TRANSACTION_TIMEOUT_S)
     except KafkaException as exc:
         log.warning("producer.abort_failed", error=str(exc))
+        return exc
+    return None
 
 
 class UploadWriters:

@@ -50,6 +50,11 @@ from streams.logs import get_logger
 
 log = get_logger(__name__)
 
+# How often a holder fences back in one commit. Each newcomer fences once or
+# twice before it sees the lease and gives up, so a holder racing a few of
+# them at once would otherwise lose to the last, leaving nobody writing.
+REFENCES = 3
+
 ChunkSource = Callable[[], Iterable[dict[str, Any]]]
 Check = Callable[[dict[str, Any] | None], dict[str, Any]]
 
@@ -123,7 +128,7 @@ class Exclusive:
 
         if self._lost:
             raise Locked("another request took this upload", reason="locked")
-        for attempt in range(2):
+        for attempt in range(REFENCES + 1):
             try:
                 if self._writer is None:
                     await self._refence()
@@ -137,7 +142,7 @@ class Exclusive:
                 break
             except Fenced:
                 await self._drop_writer()
-                if attempt:
+                if attempt == REFENCES:
                     raise Locked(
                         "another request took this upload", reason="locked"
                     ) from None
@@ -182,7 +187,11 @@ class Exclusive:
             or current["length"] != self.state["length"]
         ):
             self._lost = True
-            await self._drop_writer()
+            # The writer just fenced everyone else's and is healthy: keep it
+            # for this upload's next request, which decides on the state
+            # synced here instead of fencing once more (see acquire).
+            await owner.writers.put_back(self._writer)
+            self._writer = None
             log.warning(
                 "lease.lost",
                 holder=(current or {}).get("lease_holder"),
@@ -270,12 +279,12 @@ async def acquire(
                 return exclusive
             except Locked:
                 await exclusive._drop_writer()
-                if synced:
-                    raise
+                if synced or not exclusive._lost:
+                    raise  # decided on the exact state, or another is taking it
             # The pooled writer had been fenced: another instance wrote the
-            # upload since this one last did, so what check saw may be stale.
-            # Decide again on the exact state, with a writer of our own.
-            exclusive = None
+            # upload since this one last did, so what check saw was stale.
+            # Decide again on the state _refence synced, with its writer.
+            exclusive, synced = None, True
             writer, fresh = await owner.writers.get(upload_id)
     except BaseException:
         if exclusive is not None:

@@ -1,4 +1,4 @@
-"""Extra gateway processes started by tests, on ports 23010-23019 by default.
+"""Extra gateway processes started by tests, on ports 23010-23029 by default.
 
 Each runs the working tree's ``sluice gateway`` against the test stack's
 Kafka with its own instance name (transactional ids differ per instance) and

@@ -1,6 +1,6 @@
 """One writer per upload, and an offset that is the truth, across kills.
 
-Extra gateway instances run as their own processes (ports 23010-23019) so
+Extra gateway instances run as their own processes (ports 23010-23029) so
 they can be SIGKILLed mid-request; each test stops what it started.
 """
 
@@ -95,6 +95,72 @@ def test_concurrent_patches_one_wins_and_bytes_tile(
     assert deleting.status_code == 423
     (winner,) = outcome
     assert isinstance(winner, httpx.Response) and winner.status_code == 204
+    assert assert_tiles(chunks_of(settings, upload_id), len(data)) == data
+
+
+def test_a_holder_outlasts_rivals_racing_from_several_instances(
+    gateway: httpx.Client,
+    second: GatewayProcess,
+    auth: dict[str, str],
+    settings: Settings,
+) -> None:
+    """Rivals on three instances retry PATCH and DELETE in a tight loop, as
+    tus clients retry a 423, while one slow body is written. Each rival that
+    fences the holder makes it fence back; the holder must still finish,
+    and no rival may get anything but 423 or 409."""
+    third = GatewayProcess(11, "gw-third").start()
+    data = os.urandom(3 * 1024 * 1024)
+    location = create_upload(gateway, auth, len(data)).headers["Location"]
+    path = httpx.URL(location).path
+    upload_id = path.rsplit("/", 1)[-1]
+    sent = [0]
+    done = threading.Event()
+    answers: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def rival(base_url: str, method: str) -> None:
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            while not done.is_set():
+                if method == "PATCH":
+                    status = patch_upload(client, auth, path, 0, data[:1000])
+                else:
+                    status = client.delete(path, headers={**TUS, **auth})
+                with lock:
+                    answers.append((method, status.status_code))
+
+    rivals = [
+        threading.Thread(target=rival, args=(base, method), daemon=True)
+        for base in (second.url, third.url, str(gateway.base_url))
+        for method in ("PATCH", "PATCH", "DELETE")
+    ]
+
+    def body() -> Iterator[bytes]:
+        yield from slow_body(data[:-PIECE], 0.1, sent)
+        # Rivals stop before the last piece: a DELETE after completion
+        # would be a termination, not a rival.
+        done.set()
+        for each in rivals:
+            each.join(60)
+        yield data[-PIECE:]
+
+    try:
+        thread, outcome = patch_in_background(
+            f"{settings.gateway_url}{path}", auth, 0, body()
+        )
+        until(lambda: sent[0] >= PIECE)
+        for each in rivals:
+            each.start()
+        thread.join(90)
+    finally:
+        done.set()
+        third.stop()
+
+    (winner,) = outcome
+    assert isinstance(winner, httpx.Response), winner
+    assert winner.status_code == 204, winner.text
+    assert answers, "no rival request was answered"
+    refused = {status for _, status in answers}
+    assert refused <= {423, 409}, sorted(answers)
     assert assert_tiles(chunks_of(settings, upload_id), len(data)) == data
 
 
