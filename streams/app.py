@@ -17,6 +17,7 @@ and replacing warehouse tables turn the replay into a restatement.
 
 from __future__ import annotations
 
+import asyncio
 from functools import lru_cache
 from typing import Any
 
@@ -26,6 +27,9 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from streams import topics
 from streams.config import Settings, get_settings
+from streams.logs import get_logger
+
+log = get_logger(__name__)
 
 
 def _read_committed_worker_consumer(self: Any, transport: Any) -> Any:
@@ -81,20 +85,149 @@ _faust_ack = faust_consumer.Consumer.ack
 faust_consumer.Consumer.ack = _ack_processed_only  # type: ignore[method-assign]
 
 
-def _getmany_short_wait(self: Any, timeout: float) -> Any:
-    """Consumer.getmany waiting at most 100 ms for records, not Faust's 1 s.
+FETCH_WAIT_S = 0.1
 
-    Faust stops fetching a partition whose stream buffer is full and only
-    asks for it again on its next fetch; the fetch before that waits the
-    whole timeout for the other, idle partitions. Chunk events fill the
-    buffer in a few hundred milliseconds, so every refill cost a second of
-    idling (assembly ran at a third of its speed).
+
+async def _drain_refetching_jumps(self: Any, fetcher: Any) -> None:
+    """Consumer._drain_messages that never counts a record it did not deliver.
+
+    Faust takes a jump in the offsets it hands to streams as records absent
+    from the log (transaction markers, aborted records) and counts them as
+    processed. But it also jumps over records that exist: a batch cut short
+    by a flow stop, or a seek to the committed offsets racing a delivery
+    while a restarted worker starts. Those were committed unprocessed, and
+    a file stopped between two stages (seen in the two-worker chaos test).
+    Here a jump seeks back and fetches again; only what a
+    fetch from that very offset still skips is absent, and only that is
+    counted. Each transaction marker costs one extra fetch.
+
+    ``_read_offset`` holds the next offset expected (what Faust's seeks
+    store; its own loop stored the last one delivered).
+
+    A fetch waits at most 100 ms for records, not Faust's 1 s: Faust stops
+    fetching a partition whose stream buffer is full and asks for it again
+    only on its next fetch, and chunk events fill a buffer in a few hundred
+    milliseconds, so each refill cost a second of idling (assembly ran at
+    a third of its speed).
     """
-    return _faust_getmany(self, min(timeout, 0.1))
+    callback = self.callback
+    read_offset = self._read_offset
+    acks_enabled_for = self.app.topics.acks_enabled_for
+    # Partition -> (offset sought back to, the batch that did, offset seen).
+    refetching: dict[Any, tuple[int, int, int]] = {}
+    batch = 0
+    since_yield = 0
+    try:
+        while not (self._stopped.is_set() or fetcher._stopped.is_set()):
+            batch += 1
+            self.diag.set_flag(faust_consumer.CONSUMER_FETCHING)
+            records = self.getmany(timeout=FETCH_WAIT_S)
+            await self.sleep(0)  # getmany can return at once, again and again
+            if self.should_stop:
+                continue
+            async for tp, message in records:
+                since_yield += 1
+                if since_yield > 100:
+                    await asyncio.sleep(0)
+                    since_yield = 0
+                offset = message.offset
+                expected = read_offset[tp]
+                sought = refetching.get(tp)
+                if sought is not None and expected != (sought[0] or None):
+                    # Faust sought this partition since (a rebalance): its
+                    # position stands, ours is void.
+                    del refetching[tp]
+                    sought = None
+
+                if sought is not None:
+                    start, sought_in, jumped_to = sought
+                    if sought_in == batch or offset < start:
+                        continue  # fetched before the seek back
+                    del refetching[tp]
+                    if offset > start:
+                        # A fetch from start skips to offset: that range is
+                        # absent from the log, not lost.
+                        _count_absent(self, tp, start, offset - 1)
+                    else:
+                        log.warning(
+                            "fetch.skipped_records_refetched",
+                            topic=tp.topic,
+                            partition=tp.partition,
+                            first=start,
+                            skipped_to=jumped_to,
+                        )
+                elif expected is not None and offset < expected:
+                    continue  # delivered already (a seek went back over it)
+                elif (
+                    expected is not None
+                    and offset > expected
+                    and acks_enabled_for(message.topic)
+                ):
+                    await self.seek_wait({tp: expected})
+                    refetching[tp] = (expected, batch, offset)
+                    log.debug(
+                        "fetch.jump_refetched",
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        expected=expected,
+                        got=offset,
+                    )
+                    continue
+
+                if self._n_acked >= (self._commit_every or float("inf")):
+                    self._n_acked = 0
+                    await self.commit()
+                delivery = callback(message)
+                waited = await self.wait_first(delivery, self.suspend_flow.wait())
+                if delivery in waited.done:
+                    read_offset[tp] = offset + 1
+                # else the flow stopped first: the next record of tp is a
+                # jump, and this one is fetched again.
+            self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            return
+        raise
+    finally:
+        self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
 
 
-_faust_getmany = faust_consumer.Consumer.getmany
-faust_consumer.Consumer.getmany = _getmany_short_wait  # type: ignore[method-assign]
+def _count_absent(self: Any, tp: Any, first: int, last: int) -> None:
+    """Let commits pass offsets first..last, which hold no record to process.
+
+    Faust's own _add_gap clips the range to start after the committed
+    offset, which it reads as the last one processed; it is the next one.
+    """
+    gap = self._gap[tp]
+    gap.addi(first, last + 1)
+    gap.merge_overlaps()
+
+
+def _new_offset_never_past_unprocessed(self: Any, tp: Any) -> int | None:
+    """Consumer._new_offset that never commits over the committed offset.
+
+    Faust commits past the record at the committed offset when the next
+    one is acked, allowing for a transaction marker there. A record a
+    stream dropped there was then lost. Absent offsets are counted by the
+    fetch loop above, so the head must be acked or known absent.
+    """
+    committed = self._committed_offset[tp]
+    acked = self._acked[tp]
+    if committed and acked and min(acked) > committed:
+        if not self._gap[tp].overlaps_point(committed):
+            return None
+    result: int | None = _faust_new_offset(self, tp)
+    return result
+
+
+_faust_drain_messages = faust_consumer.Consumer._drain_messages
+faust_consumer.Consumer._drain_messages = _drain_refetching_jumps  # type: ignore[method-assign]
+_faust_new_offset = faust_consumer.Consumer._new_offset
+faust_consumer.Consumer._new_offset = _new_offset_never_past_unprocessed  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings) -> faust.App:

@@ -1,0 +1,182 @@
+"""The worker's fetch loop and commit guard never count an unseen record.
+
+Both run here on a stand-in for Faust's consumer: scripted fetch batches
+instead of Kafka, so each case (a jump over records that exist, a jump over
+a transaction marker, a seek by Faust in between) is exact. The chaos tests
+exercise the same code against a real broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable
+from types import SimpleNamespace
+from typing import Any
+
+from faust.types import TP
+from intervaltree import IntervalTree
+
+from streams import app
+
+TOPIC = "sluice.files.typed"
+PARTITION = TP(TOPIC, 0)
+
+
+class ScriptedConsumer:
+    """What the fetch loop uses of Faust's consumer, fed from a log."""
+
+    consumer_stopped_errors = (RuntimeError,)
+
+    def __init__(self, log: list[int], batch: int = 4) -> None:
+        self.log = log  # offsets present in the partition
+        self.batch = batch
+        self.position = log[0]
+        self.delivered: list[int] = []
+        self.seeks: list[int] = []
+        self.skip_once: set[int] = set()  # offsets a fetch drops, as Faust can
+        self.flow_stops_at = -1  # a delivery the flow stop cuts off
+        self._read_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self._gap: defaultdict[TP, IntervalTree] = defaultdict(IntervalTree)
+        self._stopped = asyncio.Event()
+        self._n_acked = 0
+        self._commit_every = None
+        self.should_stop = False
+        self.suspend_flow = SimpleNamespace(wait=lambda: None)
+        self.diag = SimpleNamespace(set_flag=lambda _: None, unset_flag=lambda _: None)
+        self.app = SimpleNamespace(
+            topics=SimpleNamespace(acks_enabled_for=lambda topic: True)
+        )
+        self.transport = SimpleNamespace(app=SimpleNamespace(should_stop=True))
+
+    # Faust's signature: the loop passes timeout by name.
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
+        fetched = [o for o in self.log if o >= self.position][: self.batch]
+        if not fetched:
+            self._stopped.set()
+            return
+        self.position = fetched[-1] + 1
+        for offset in fetched:
+            if offset in self.skip_once:
+                self.skip_once.discard(offset)
+                continue
+            yield PARTITION, SimpleNamespace(offset=offset, topic=TOPIC)
+
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        for tp, offset in partitions.items():
+            self.seeks.append(offset)
+            self.position = offset
+            self._read_offset[tp] = offset or None
+
+    async def callback(self, message: Any) -> None:
+        self.delivered.append(message.offset)
+
+    async def wait_first(self, delivery: Awaitable[None], _: object) -> Any:
+        if self.flow_stops_at == len(self.delivered):
+            self.flow_stops_at = -1
+            delivery.close()  # type: ignore[attr-defined]
+            return SimpleNamespace(done=[])
+        await delivery
+        return SimpleNamespace(done=[delivery])
+
+    async def sleep(self, _: float) -> None:
+        await asyncio.sleep(0)
+
+    async def commit(self) -> None:
+        raise AssertionError("commit_every is off here")
+
+    def run(self) -> None:
+        fetcher = SimpleNamespace(_stopped=asyncio.Event())
+        asyncio.run(app._drain_refetching_jumps(self, fetcher))
+
+    def absent(self) -> list[int]:
+        return sorted(o for i in self._gap[PARTITION] for o in range(i.begin, i.end))
+
+
+def test_records_a_fetch_dropped_are_fetched_again_and_delivered() -> None:
+    consumer = ScriptedConsumer(list(range(12)))
+    consumer.skip_once = {5, 6}  # a batch cut short mid-way, as after a flow stop
+
+    consumer.run()
+
+    assert consumer.delivered == list(range(12))
+    assert consumer.seeks == [5]
+    assert consumer.absent() == []
+
+
+def test_a_delivery_cut_off_by_a_flow_stop_is_fetched_again() -> None:
+    consumer = ScriptedConsumer(list(range(10)))
+    consumer.flow_stops_at = 6
+
+    consumer.run()
+
+    assert consumer.delivered == list(range(10))
+    assert consumer.seeks == [6]
+
+
+def test_offsets_absent_from_the_log_are_counted_after_one_refetch() -> None:
+    # 4 and 9 hold transaction markers: no record to deliver, ever.
+    log = [o for o in range(14) if o not in (4, 9)]
+    consumer = ScriptedConsumer(log)
+
+    consumer.run()
+
+    assert consumer.delivered == log
+    assert consumer.seeks == [4, 9]
+    assert consumer.absent() == [4, 9]
+
+
+def test_a_seek_by_faust_voids_a_pending_refetch() -> None:
+    consumer = ScriptedConsumer(list(range(12)), batch=3)
+    consumer.skip_once = {3}
+    seek_wait = consumer.seek_wait
+
+    async def then_rebalance(partitions: dict[TP, int]) -> None:
+        await seek_wait(partitions)
+        # A rebalance seeks to the committed offset before the refetch.
+        consumer.position = 1
+        consumer._read_offset[PARTITION] = 1
+
+    consumer.seek_wait = then_rebalance  # type: ignore[method-assign]
+
+    consumer.run()
+
+    assert consumer.delivered == [0, 1, 2, 1, 2, *range(3, 12)]
+    assert consumer.absent() == []
+
+
+def test_records_delivered_before_a_seek_back_are_not_delivered_twice() -> None:
+    consumer = ScriptedConsumer(list(range(8)))
+    consumer._read_offset[PARTITION] = 3  # Faust sought to its committed 3
+
+    consumer.position = 0  # but the fetch started earlier
+    consumer.run()
+
+    assert consumer.delivered == list(range(3, 8))
+
+
+def offsets_state(committed: int, acked: list[int], absent: list[int]) -> Any:
+    gap: defaultdict[TP, IntervalTree] = defaultdict(IntervalTree)
+    for offset in absent:
+        gap[PARTITION].addi(offset, offset + 1)
+    return SimpleNamespace(
+        _committed_offset={PARTITION: committed},
+        _acked={PARTITION: list(acked)},
+        _acked_index={PARTITION: set(acked)},
+        _gap=gap,
+    )
+
+
+def test_no_commit_passes_an_unprocessed_record_at_the_committed_offset() -> None:
+    # Faust alone would commit 13 here, losing the record at offset 10.
+    state = offsets_state(committed=10, acked=[11, 12], absent=[])
+
+    assert app._new_offset_never_past_unprocessed(state, PARTITION) is None
+
+
+def test_commits_pass_an_absent_offset_and_run_through_acked_ones() -> None:
+    marker = offsets_state(committed=10, acked=[11, 12], absent=[10])
+    processed = offsets_state(committed=10, acked=[10, 11, 13], absent=[])
+
+    assert app._new_offset_never_past_unprocessed(marker, PARTITION) == 13
+    assert app._new_offset_never_past_unprocessed(processed, PARTITION) == 12
