@@ -15,12 +15,18 @@ DAY_MS = 24 * 3600 * 1000
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """One topic's declaration. ``partitions=None`` takes the platform default."""
+    """One topic's declaration. ``partitions=None`` takes the platform default.
+
+    ``transactional`` topics are written in Kafka transactions, so commit
+    markers sit between their records (the worker's fetch loop counts a
+    one-offset jump there as a marker).
+    """
 
     name: str
     doc: str
     partitions: int | None = None
     config: dict[str, str] = field(default_factory=dict)
+    transactional: bool = False
 
 
 CHUNKS = "chunks"
@@ -65,17 +71,20 @@ TOPICS: tuple[TopicSpec, ...] = (
         CHUNKS,
         "Upload bytes, keyed by upload id. Kept until assembled and past expiry.",
         config={"retention.ms": str(7 * DAY_MS), "max.message.bytes": "1048576"},
+        transactional=True,
     ),
     TopicSpec(
         PARTIAL_CHUNKS,
         "Bytes of tus partial uploads, keyed by upload id. No agent reads them: "
         "the gateway copies them into chunks when a final upload joins them.",
         config={"retention.ms": str(7 * DAY_MS), "max.message.bytes": "1048576"},
+        transactional=True,
     ),
     TopicSpec(
         UPLOAD_STATE,
         "Gateway upload state, keyed by upload id; the latest record wins.",
         config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+        transactional=True,
     ),
     TopicSpec(ASSEMBLED, "Files assembled in staging, keyed by upload id."),
     TopicSpec(SCANNED, "Files scanned by clamd, keyed by upload id."),

@@ -18,8 +18,9 @@ from faust.types import TP
 from intervaltree import IntervalTree
 
 from streams import app
+from streams.config import get_settings
 
-TOPIC = "sluice.files.typed"
+TOPIC = get_settings().topic("files.typed")  # written without transactions
 PARTITION = TP(TOPIC, 0)
 
 
@@ -28,8 +29,9 @@ class ScriptedConsumer:
 
     consumer_stopped_errors = (RuntimeError,)
 
-    def __init__(self, log: list[int], batch: int = 4) -> None:
+    def __init__(self, log: list[int], batch: int = 4, topic: str = TOPIC) -> None:
         self.log = log  # offsets present in the partition
+        self.tp = TP(topic, 0)
         self.batch = batch
         self.position = log[0]
         self.delivered: list[int] = []
@@ -60,7 +62,7 @@ class ScriptedConsumer:
             if offset in self.skip_once:
                 self.skip_once.discard(offset)
                 continue
-            yield PARTITION, SimpleNamespace(offset=offset, topic=TOPIC)
+            yield self.tp, SimpleNamespace(offset=offset, topic=self.tp.topic)
 
     async def seek_wait(self, partitions: dict[TP, int]) -> None:
         for tp, offset in partitions.items():
@@ -90,7 +92,7 @@ class ScriptedConsumer:
         asyncio.run(app._drain_refetching_jumps(self, fetcher))
 
     def absent(self) -> list[int]:
-        return sorted(o for i in self._gap[PARTITION] for o in range(i.begin, i.end))
+        return sorted(o for i in self._gap[self.tp] for o in range(i.begin, i.end))
 
 
 def test_records_a_fetch_dropped_are_fetched_again_and_delivered() -> None:
@@ -124,6 +126,19 @@ def test_offsets_absent_from_the_log_are_counted_after_one_refetch() -> None:
     assert consumer.delivered == log
     assert consumer.seeks == [4, 9]
     assert consumer.absent() == [4, 9]
+
+
+def test_a_one_offset_jump_on_a_transactional_topic_is_a_marker() -> None:
+    # Chunks: a commit marker after every transaction, and an aborted
+    # transaction at 9-11; only the longer jump is fetched again.
+    log = [0, 1, 3, 4, 6, 7, 8, 12, 13]
+    consumer = ScriptedConsumer(log, topic=get_settings().topic("chunks"))
+
+    consumer.run()
+
+    assert consumer.delivered == log
+    assert consumer.seeks == [9]
+    assert consumer.absent() == [2, 5, 9, 10, 11]
 
 
 def test_a_seek_by_faust_voids_a_pending_refetch() -> None:
