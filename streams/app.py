@@ -101,7 +101,8 @@ async def _drain_refetching_jumps(self: Any, fetcher: Any) -> None:
     very offset still skips is absent, and only that is counted. On topics
     written in transactions (``TopicSpec.transactional``) a jump of one
     offset is the commit marker of the transaction before it and is counted
-    at once: there a fetch again per marker halved the worker's speed.
+    at once: fetching again per marker there made the chaos tests take 105 s
+    instead of 67 s.
 
     ``_read_offset`` holds the next offset expected (what Faust's seeks
     store; its own loop stored the last one delivered).
