@@ -180,15 +180,20 @@ async def _drain_refetching_jumps(self: Any, fetcher: Any) -> None:
                     )
                     continue
 
+                if acks_enabled_for(message.topic) and not _streams_take(
+                    self.app, message
+                ):
+                    continue  # not delivered: the next record of tp is a jump
+
                 if self._n_acked >= (self._commit_every or float("inf")):
                     self._n_acked = 0
                     await self.commit()
                 delivery = callback(message)
                 waited = await self.wait_first(delivery, self.suspend_flow.wait())
-                if delivery in waited.done:
+                # Not delivered (the flow stopped first), or Faust sought tp
+                # meanwhile: leave the position to that seek.
+                if delivery in waited.done and read_offset[tp] == expected:
                     read_offset[tp] = offset + 1
-                # else the flow stopped first: the next record of tp is a
-                # jump, and this one is fetched again.
             self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
     except self.consumer_stopped_errors:
         if self.transport.app.should_stop:
@@ -200,6 +205,20 @@ async def _drain_refetching_jumps(self: Any, fetcher: Any) -> None:
         raise
     finally:
         self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
+
+
+def _streams_take(app: Any, message: Any) -> bool:
+    """Whether a stream would process message now rather than drop it.
+
+    Streams drop, unacked, what arrives while flow control is suspended or
+    was fetched in an older generation (around a rebalance, and while a
+    restarted worker seeks to its committed offsets). Such a record is not
+    handed over at all, so the fetch loop fetches it again.
+    """
+    return bool(
+        app.flow_control.is_active()
+        and getattr(message, "generation_id", None) == app.consumer_generation_id
+    )
 
 
 def _transactional_topics() -> frozenset[str]:

@@ -46,9 +46,14 @@ class ScriptedConsumer:
         self.should_stop = False
         self.suspend_flow = SimpleNamespace(wait=lambda: None)
         self.diag = SimpleNamespace(set_flag=lambda _: None, unset_flag=lambda _: None)
+        self.flow_suspended_for: set[int] = set()  # offsets fetched while it is
         self.app = SimpleNamespace(
-            topics=SimpleNamespace(acks_enabled_for=lambda topic: True)
+            topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+            flow_control=SimpleNamespace(is_active=lambda: self.flowing),
+            consumer_generation_id=1,
         )
+        self.flowing = True
+        self.faust_seeks_during: dict[int, int] = {}  # delivery -> offset
         self.transport = SimpleNamespace(app=SimpleNamespace(should_stop=True))
 
     # Faust's signature: the loop passes timeout by name.
@@ -62,7 +67,12 @@ class ScriptedConsumer:
             if offset in self.skip_once:
                 self.skip_once.discard(offset)
                 continue
-            yield self.tp, SimpleNamespace(offset=offset, topic=self.tp.topic)
+            self.flowing = offset not in self.flow_suspended_for
+            self.flow_suspended_for.discard(offset)
+            yield (
+                self.tp,
+                SimpleNamespace(offset=offset, topic=self.tp.topic, generation_id=1),
+            )
 
     async def seek_wait(self, partitions: dict[TP, int]) -> None:
         for tp, offset in partitions.items():
@@ -79,6 +89,10 @@ class ScriptedConsumer:
             delivery.close()  # type: ignore[attr-defined]
             return SimpleNamespace(done=[])
         await delivery
+        seek_to = self.faust_seeks_during.pop(self.delivered[-1], None)
+        if seek_to is not None:  # as perform_seek, racing the delivery
+            self.position = seek_to
+            self._read_offset[self.tp] = seek_to
         return SimpleNamespace(done=[delivery])
 
     async def sleep(self, _: float) -> None:
@@ -114,6 +128,25 @@ def test_a_delivery_cut_off_by_a_flow_stop_is_fetched_again() -> None:
 
     assert consumer.delivered == list(range(10))
     assert consumer.seeks == [6]
+
+
+def test_records_fetched_while_flow_control_is_suspended_come_again() -> None:
+    consumer = ScriptedConsumer(list(range(10)))
+    consumer.flow_suspended_for = {4, 5}  # a stream would drop them, unacked
+
+    consumer.run()
+
+    assert consumer.delivered == list(range(10))
+    assert consumer.seeks == [4]
+
+
+def test_a_seek_racing_a_delivery_keeps_its_position() -> None:
+    consumer = ScriptedConsumer(list(range(8)))
+    consumer.faust_seeks_during = {5: 3}  # the committed offset was 3
+
+    consumer.run()
+
+    assert consumer.delivered == [0, 1, 2, 3, 4, 5, 3, 4, 5, 6, 7]
 
 
 def test_offsets_absent_from_the_log_are_counted_after_one_refetch() -> None:
