@@ -153,7 +153,8 @@ async def _drain_refetching_jumps(self: Any, fetcher: Any) -> None:
                         # absent from the log, not lost.
                         _count_absent(self, tp, start, offset - 1)
                     else:
-                        log.warning(
+                        # Routine around rebalances and restarts.
+                        log.info(
                             "fetch.skipped_records_refetched",
                             topic=tp.topic,
                             partition=tp.partition,
