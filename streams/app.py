@@ -184,7 +184,12 @@ async def _drain_refetching_jumps(self: Any, fetcher: Any) -> None:
                 if acks_enabled_for(message.topic) and not _streams_take(
                     self.app, message
                 ):
-                    continue  # not delivered: the next record of tp is a jump
+                    # Not handed over: fetch it again, from here. (Left to the
+                    # jump after it, on chunks that jump would pass for a
+                    # commit marker.)
+                    await self.seek_wait({tp: offset})
+                    refetching[tp] = (offset, batch, offset)
+                    continue
 
                 if self._n_acked >= (self._commit_every or float("inf")):
                     self._n_acked = 0

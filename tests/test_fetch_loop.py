@@ -140,6 +140,17 @@ def test_records_fetched_while_flow_control_is_suspended_come_again() -> None:
     assert consumer.seeks == [4]
 
 
+def test_a_chunk_held_back_by_flow_control_is_not_taken_for_a_marker() -> None:
+    log = [0, 1, 2, 4, 5, 6]  # a commit marker at 3
+    consumer = ScriptedConsumer(log, topic=get_settings().topic("chunks"))
+    consumer.flow_suspended_for = {1}
+
+    consumer.run()
+
+    assert consumer.delivered == log
+    assert consumer.absent() == [3]
+
+
 def test_a_seek_racing_a_delivery_keeps_its_position() -> None:
     consumer = ScriptedConsumer(list(range(8)))
     consumer.faust_seeks_during = {5: 3}  # the committed offset was 3
