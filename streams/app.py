@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 import faust
+from aiokafka.errors import IllegalStateError
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as aiokafka_driver
 
@@ -170,8 +171,8 @@ async def _drain_refetching_jumps(self: Any, fetcher: Any) -> None:
                 elif offset == expected + 1 and tp.topic in with_markers:
                     _count_absent(self, tp, expected, expected)
                 else:
-                    await self.seek_wait({tp: expected})
-                    refetching[tp] = (expected, batch, offset)
+                    if await _seek_back(self, tp, expected):
+                        refetching[tp] = (expected, batch, offset)
                     log.debug(
                         "fetch.jump_refetched",
                         topic=tp.topic,
@@ -187,8 +188,8 @@ async def _drain_refetching_jumps(self: Any, fetcher: Any) -> None:
                     # Not handed over: fetch it again, from here. (Left to the
                     # jump after it, on chunks that jump would pass for a
                     # commit marker.)
-                    await self.seek_wait({tp: offset})
-                    refetching[tp] = (offset, batch, offset)
+                    if await _seek_back(self, tp, offset):
+                        refetching[tp] = (offset, batch, offset)
                     continue
 
                 if self._n_acked >= (self._commit_every or float("inf")):
@@ -211,6 +212,19 @@ async def _drain_refetching_jumps(self: Any, fetcher: Any) -> None:
         raise
     finally:
         self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
+
+
+async def _seek_back(consumer: Any, tp: Any, offset: int) -> bool:
+    """Seek tp back to offset; False when tp is no longer assigned here.
+
+    A rebalance can revoke tp in the middle of a batch: its new owner reads
+    from the committed offset, which never passed this record.
+    """
+    try:
+        await consumer.seek_wait({tp: offset})
+    except IllegalStateError:
+        return False
+    return True
 
 
 def _streams_take(app: Any, message: Any) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable
 from types import SimpleNamespace
 from typing import Any
 
+from aiokafka.errors import IllegalStateError
 from faust.types import TP
 from intervaltree import IntervalTree
 
@@ -158,6 +159,22 @@ def test_a_seek_racing_a_delivery_keeps_its_position() -> None:
     consumer.run()
 
     assert consumer.delivered == [0, 1, 2, 3, 4, 5, 3, 4, 5, 6, 7]
+
+
+def test_a_partition_revoked_mid_batch_is_left_to_its_new_owner() -> None:
+    consumer = ScriptedConsumer(list(range(8)))
+    consumer.skip_once = {3}
+
+    async def revoked(partitions: dict[TP, int]) -> None:
+        consumer._stopped.set()  # nothing more is fetched here
+        raise IllegalStateError("No current assignment for partition")
+
+    consumer.seek_wait = revoked  # type: ignore[method-assign]
+
+    consumer.run()
+
+    # Nothing past the jump is delivered; the committed offset never passed 3.
+    assert consumer.delivered == [0, 1, 2]
 
 
 def test_offsets_absent_from_the_log_are_counted_after_one_refetch() -> None:
