@@ -188,6 +188,9 @@ class UploadWriters:
         self._settings = settings
         self._idle: OrderedDict[str, UploadWriter] = OrderedDict()
         self._lock = asyncio.Lock()
+        # Evicted writers close in the background: a request putting its
+        # writer back must not wait (holding its upload) on other uploads'.
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def get(self, upload_id: str) -> tuple[UploadWriter, bool]:
         """This upload's writer and whether it was just initialised (fencing)."""
@@ -210,7 +213,9 @@ class UploadWriters:
             self._idle.move_to_end(writer.upload_id)
             stale = self._evictable()
         for old in stale:
-            await asyncio.to_thread(old.close)
+            task = asyncio.create_task(asyncio.to_thread(old.close))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def _evictable(self) -> list[UploadWriter]:
         now = time.monotonic()
@@ -230,6 +235,8 @@ class UploadWriters:
         async with self._lock:
             writers = list(self._idle.values())
             self._idle.clear()
+        if self._closing:
+            await asyncio.wait(list(self._closing))
         for writer in writers:
             await asyncio.to_thread(writer.close)
 

@@ -143,6 +143,7 @@ class Exclusive:
             except Fenced:
                 await self._drop_writer()
                 if attempt == REFENCES:
+                    log.warning("lease.refused", cause="fenced-every-time")
                     raise Locked(
                         "another request took this upload", reason="locked"
                     ) from None
@@ -244,6 +245,7 @@ async def acquire(
     """
     me = owner.holder(request_id)
     if upload_id in owner.busy:
+        log.info("lease.refused", cause="busy-on-this-instance")
         raise _locked(owner.lease_s)
     left = owner.held_elsewhere(owner.states.get(upload_id), me)
     if left:
@@ -251,6 +253,7 @@ async def acquire(
         await asyncio.to_thread(owner.states.sync_upload, upload_id)
         left = owner.held_elsewhere(owner.states.get(upload_id), me)
         if left:
+            log.info("lease.refused", cause="held", holder=_holder(owner, upload_id))
             raise _locked(left)
 
     owner.busy.add(upload_id)
@@ -272,6 +275,9 @@ async def acquire(
                 synced = True
                 continue
             if left:
+                log.info(
+                    "lease.refused", cause="held", holder=_holder(owner, upload_id)
+                )
                 raise _locked(left)
             exclusive, writer = Exclusive(owner, writer, current or base, me), None
             try:
@@ -294,6 +300,11 @@ async def acquire(
                 await owner.writers.put_back(writer)
             owner.busy.discard(upload_id)
         raise
+
+
+def _holder(owner: Writers, upload_id: str) -> str | None:
+    state = owner.states.get(upload_id)
+    return None if state is None else state.get("lease_holder")
 
 
 def _locked(seconds: float) -> Busy:
