@@ -137,6 +137,7 @@ async def _drain_refetching_jumps(self: Any, fetcher: Any) -> None:
                     since_yield = 0
                 offset = message.offset
                 expected = read_offset[tp]
+                acked = acks_enabled_for(message.topic)
                 sought = refetching.get(tp)
                 if sought is not None and expected != (sought[0] or None):
                     # Faust sought this partition since (a rebalance): its
@@ -162,33 +163,24 @@ async def _drain_refetching_jumps(self: Any, fetcher: Any) -> None:
                             first=start,
                             skipped_to=jumped_to,
                         )
-                elif expected is None or offset == expected:
-                    pass
-                elif offset < expected:
-                    continue  # delivered already (a seek went back over it)
-                elif not acks_enabled_for(message.topic):
-                    pass  # not committed by offset (changelogs): no loss
-                elif offset == expected + 1 and tp.topic in with_markers:
-                    _count_absent(self, tp, expected, expected)
-                else:
-                    if await _seek_back(self, tp, expected):
-                        refetching[tp] = (expected, batch, offset)
-                    log.debug(
-                        "fetch.jump_refetched",
-                        topic=tp.topic,
-                        partition=tp.partition,
-                        expected=expected,
-                        got=offset,
-                    )
-                    continue
+                elif expected is not None and offset != expected:
+                    if offset < expected:
+                        continue  # delivered already (a seek went back over it)
+                    # Changelogs are not committed by offset: a jump there
+                    # loses nothing, and Faust's recovery handles it.
+                    if acked:
+                        if offset == expected + 1 and tp.topic in with_markers:
+                            _count_absent(self, tp, expected, expected)
+                        else:
+                            if await _seek_back(self, tp, expected, offset):
+                                refetching[tp] = (expected, batch, offset)
+                            continue
 
-                if acks_enabled_for(message.topic) and not _streams_take(
-                    self.app, message
-                ):
+                if acked and not _streams_take(self.app, message):
                     # Not handed over: fetch it again, from here. (Left to the
                     # jump after it, on chunks that jump would pass for a
                     # commit marker.)
-                    if await _seek_back(self, tp, offset):
+                    if await _seek_back(self, tp, offset, offset):
                         refetching[tp] = (offset, batch, offset)
                     continue
 
@@ -214,12 +206,19 @@ async def _drain_refetching_jumps(self: Any, fetcher: Any) -> None:
         self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
 
 
-async def _seek_back(consumer: Any, tp: Any, offset: int) -> bool:
+async def _seek_back(consumer: Any, tp: Any, offset: int, seen: int) -> bool:
     """Seek tp back to offset; False when tp is no longer assigned here.
 
     A rebalance can revoke tp in the middle of a batch: its new owner reads
     from the committed offset, which never passed this record.
     """
+    log.debug(
+        "fetch.sought_back",
+        topic=tp.topic,
+        partition=tp.partition,
+        to=offset,
+        seen=seen,
+    )
     try:
         await consumer.seek_wait({tp: offset})
     except IllegalStateError:
