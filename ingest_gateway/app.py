@@ -123,20 +123,10 @@ class Gateway:
         """The caller, if their credential is valid and the matrix allows it."""
         return await self.guard.authorize(request, action)
 
-    def upload_for(
-        self, request: Request, principal: Principal, upload_id: str
-    ) -> dict[str, Any]:
-        """The caller's upload; another tenant's looks exactly like a missing one."""
-        state = self.states.get(upload_id)
-        if state is None:
-            self.states.sync_upload(upload_id)
-            state = self.states.get(upload_id)
-        return self.owned(request, principal, upload_id, state)
-
     async def find_upload(
         self, request: Request, principal: Principal, upload_id: str
     ) -> dict[str, Any]:
-        """upload_for without blocking the event loop on a catch-up read."""
+        """The caller's upload; another tenant's looks exactly like a missing one."""
         state = self.states.get(upload_id)
         if state is None:
             return await self.exact_upload(request, principal, upload_id)

@@ -171,7 +171,9 @@ class Exclusive:
         """
         owner = self._owner
         self._writer, _ = await owner.writers.get(self.state["upload_id"])
-        await asyncio.to_thread(owner.states.sync_upload, self.state["upload_id"])
+        await asyncio.to_thread(
+            owner.states.sync_upload, self.state["upload_id"], fenced=True
+        )
         current = owner.states.get(self.state["upload_id"])
         if current is None and not self._leased:
             return  # a creation: nothing was there, nothing is
@@ -264,7 +266,9 @@ async def acquire(
         synced = False
         while True:
             if fresh and not synced:
-                await asyncio.to_thread(owner.states.sync_upload, upload_id)
+                await asyncio.to_thread(
+                    owner.states.sync_upload, upload_id, fenced=True
+                )
                 synced = True
             current = owner.states.get(upload_id)
             base = check(current)

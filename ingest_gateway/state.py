@@ -6,6 +6,17 @@ into an in-memory map. Before answering about an upload an instance calls
 committed so far on that upload's partition, so a second or restarted
 instance reports the same offset as the one that wrote it.
 
+"Committed so far" needs care: a producer's commit returns once the
+transaction coordinator has decided it, before the commit markers reach the
+partition, and until they do read_committed readers (and the partition's
+end as they are told it) stop short of it. So another instance that
+answered a PATCH a millisecond ago may have written a state nobody can read
+yet. Unless the caller has just fenced the upload's writer (which waits for
+the upload's own transactions to finish), a sync first waits, briefly, to
+read up to the partition's end *including* open transactions; a partition
+held back longer than that (a transaction left open by a killed instance,
+aborted when it times out) falls back to what is readable.
+
 Limits: the map holds every upload still on the compacted topic (a few
 hundred bytes each); an instance's start-up reads the whole topic.
 """
@@ -27,6 +38,11 @@ from streams.logs import get_logger
 from streams.topics import UPLOAD_STATE
 
 log = get_logger(__name__)
+
+# How long a sync waits for open transactions on a partition to finish
+# (commit markers land within milliseconds; a dead writer's open
+# transaction lasts until it times out, and is not worth waiting for).
+SETTLE_S = 0.5
 
 # Statuses in which an upload may still be written to.
 UNFINISHED = frozenset({"CREATED", "RECEIVING"})
@@ -52,17 +68,25 @@ class UploadStates:
                 "enable.partition.eof": False,
             }
         )
-        # Watermark queries get a client of their own: on the polling
-        # consumer they wait behind its fetches.
-        self._watermarks = Consumer(
+        # Watermark queries get clients of their own: on the polling
+        # consumer they wait behind its fetches. A read_committed client is
+        # told where readable records end, a read_uncommitted one where
+        # written ones do (open transactions included).
+        self._watermarks = self._ends_client(settings, "read_committed")
+        self._written_ends = self._ends_client(settings, "read_uncommitted")
+        self._thread = threading.Thread(
+            target=self._run, name="upload-state", daemon=True
+        )
+
+    @staticmethod
+    def _ends_client(settings: Settings, isolation: str) -> Consumer:
+        return Consumer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
                 "group.id": f"sluice-gateway-{settings.gateway_instance}-watermarks",
                 "enable.auto.commit": False,
+                "isolation.level": isolation,
             }
-        )
-        self._thread = threading.Thread(
-            target=self._run, name="upload-state", daemon=True
         )
 
     def start(self, timeout_s: float = 30.0) -> None:
@@ -83,6 +107,7 @@ class UploadStates:
         self._thread.join(timeout=5)
         self._consumer.close()
         self._watermarks.close()
+        self._written_ends.close()
 
     def _run(self) -> None:
         # This thread alone calls the consumer: librdkafka serialises calls
@@ -130,26 +155,59 @@ class UploadStates:
             for listener in self.listeners:
                 listener(state)
 
-    def sync_upload(self, upload_id: str, timeout_s: float = 10.0) -> None:
-        """Block until this upload's partition is read up to what is committed."""
+    def sync_upload(
+        self, upload_id: str, timeout_s: float = 10.0, *, fenced: bool = False
+    ) -> None:
+        """Block until this upload's partition is read up to what is committed.
+
+        fenced: the caller has just initialised the upload's writer, so none
+        of the upload's transactions is still on its way (no settling).
+        """
         partition = partition_for(upload_id.encode(), len(self._partitions))
-        self.sync(timeout_s, partitions=[partition])
+        self.sync(
+            timeout_s, partitions=[partition], settle_s=0.0 if fenced else SETTLE_S
+        )
 
     def sync(
-        self, timeout_s: float = 10.0, partitions: list[int] | None = None
+        self,
+        timeout_s: float = 10.0,
+        partitions: list[int] | None = None,
+        *,
+        settle_s: float = 0.0,
     ) -> None:
-        """Block until every record committed before this call has been read."""
-        targets: dict[int, int] = {}
-        for partition in partitions if partitions is not None else self._partitions:
+        """Block until every record committed before this call has been read.
+
+        With settle_s, first wait up to that long for transactions open on
+        these partitions to finish, so that one committed just before this
+        call but whose markers are still on the way is read too.
+        """
+        chosen = partitions if partitions is not None else self._partitions
+        if settle_s > 0:
+            written = self._ends(self._written_ends, chosen, timeout_s)
+            if self._wait_for(written, settle_s):
+                return
+            log.info("upload_state.unsettled", partitions=chosen, waited_s=settle_s)
+        readable = self._ends(self._watermarks, chosen, timeout_s)
+        if not self._wait_for(readable, timeout_s):
+            raise KafkaUnavailable("upload state is lagging behind Kafka")
+
+    def _ends(
+        self, client: Consumer, partitions: list[int], timeout_s: float
+    ) -> dict[int, int]:
+        ends: dict[int, int] = {}
+        for partition in partitions:
             tp = TopicPartition(self._topic, partition)
             try:
-                _, high = self._watermarks.get_watermark_offsets(
+                _, high = client.get_watermark_offsets(
                     tp, timeout=timeout_s, cached=False
                 )
             except Exception as exc:
                 raise KafkaUnavailable(f"cannot read watermarks: {exc}") from exc
-            targets[partition] = high
+            ends[partition] = high
+        return ends
 
+    def _wait_for(self, targets: dict[int, int], timeout_s: float) -> bool:
+        """Whether the reader reached targets within timeout_s."""
         deadline = time.monotonic() + timeout_s
         with self._lock:
             # Transaction markers occupy offsets too, so "caught up" means the
@@ -157,8 +215,9 @@ class UploadStates:
             while not self._caught_up(targets):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise KafkaUnavailable("upload state is lagging behind Kafka")
+                    return False
                 self._lock.wait(min(remaining, 0.05))
+        return True
 
     def _caught_up(self, targets: dict[int, int]) -> bool:
         return all(self._positions.get(p, 0) >= high for p, high in targets.items())

@@ -369,6 +369,33 @@ def test_patches_taking_turns_between_instances_are_never_refused(
     assert assert_tiles(chunks_of(settings, upload_id), len(data)) == data
 
 
+def test_head_on_another_instance_right_after_a_patch_reports_its_bytes(
+    gateway: httpx.Client,
+    second: GatewayProcess,
+    auth: dict[str, str],
+) -> None:
+    """A producer's commit returns before its markers make it readable:
+    HEAD on the other instance, asked at once, must still count the bytes
+    the PATCH just acknowledged (it waits for the transaction to land)."""
+    piece = 16 * 1024
+    rounds = 60
+    data = os.urandom(piece * rounds)
+    path = httpx.URL(create_upload(gateway, auth, len(data)).headers["Location"]).path
+    seen = []
+    with second.client() as other:
+        for index in range(rounds):
+            writer, reader = (gateway, other) if index % 2 == 0 else (other, gateway)
+            offset = index * piece
+            answered = patch_upload(
+                writer, auth, path, offset, data[offset : offset + piece]
+            )
+            assert answered.status_code == 204, answered.text
+            acknowledged = int(answered.headers["Upload-Offset"])
+            seen.append((acknowledged, head_offset(reader, path, auth)))
+
+    assert all(head == acknowledged for acknowledged, head in seen), seen
+
+
 def test_a_fenced_writer_closes_without_raising(settings: Settings) -> None:
     """Closing the writer of a request that lost a race must not fail that
     request (it was a 500): librdkafka reports the fencing from flush."""
