@@ -1,15 +1,26 @@
 """Appending a request body to an upload: PATCH, and creation-with-upload.
 
 The body is written to Kafka as it arrives, one transaction per batch, each
-holding the batch's chunks and the upload's new offset. While one batch
-commits the next one is read, so the client is not stalled by Kafka round
-trips. A request holds a share of the gateway's in-flight budget
-(``ingest_gateway.limits.Budget``) worth three batches (the one being read,
-the one committing, and the producer's copy of it); batches are as large as
-``SLUICE_GATEWAY_BATCH_BYTES`` when few requests run, and shrink towards one
-chunk, batch by batch, as more share the budget, so memory stays bounded. A
-client that disconnects keeps every byte that arrived: what was buffered is
-committed before the request ends.
+holding the batch's chunks and the upload's new offset. A request holds a
+share of the gateway's in-flight budget (``ingest_gateway.limits.Budget``),
+resized at every batch, and its batches are cut to fit in it:
+
+- *Pipelined*, while the share holds three batches of the full
+  ``SLUICE_GATEWAY_BATCH_BYTES`` (few requests running): the next batch is
+  read while one commits (the batch being read, the one committing, and the
+  producer's copy of it), so one fast client is not stalled by Kafka round
+  trips.
+- *Stop-and-wait* otherwise: a batch is half the share (the batch, and the
+  producer's copy of it), and the body is not read while it commits; the
+  client's bytes wait in the socket meanwhile. With many requests running
+  the cores are busy with the others anyway, and a transaction half rather
+  than a third of the share means half again fewer transactions, each of
+  which costs the gateway and Kafka several round trips whatever its size.
+
+Either way memory stays within the share, and batches shrink towards one
+chunk as more requests share the budget. A client that disconnects keeps
+every byte that arrived: what was buffered is committed before the request
+ends.
 
 With ``Upload-Checksum`` nothing may be stored unless the whole body matches,
 so the body is spooled (memory, then disk) and verified first.
@@ -77,6 +88,18 @@ def declare_length(
     return dict(state, length=declared)
 
 
+def batch_plan(share: int, chunk: int, full: int) -> tuple[int, bool]:
+    """Batch size for a share of the budget, and whether to pipeline.
+
+    Pipelined (three batches in the share) only once that costs nothing in
+    batch size; otherwise stop-and-wait, two batches in the share. Whole
+    chunks, at least one.
+    """
+    pipelined = share // 3 >= full
+    batch = full if pipelined else min(full, share // 2)
+    return max(chunk, batch // chunk * chunk), pipelined
+
+
 # How often a body waiting for its client looks whether it owes budget.
 RECHECK_S = 0.5
 # Pieces smaller than this are copied together (up to COALESCE_INTO bytes)
@@ -134,6 +157,7 @@ class BodyWriter:
         # Set when the instance is stopping and its grace period is over.
         self._cut_off = cut_off
         self._batch = settings.gateway_batch_bytes
+        self._pipelined = True
         state = exclusive.state
         self._topic = settings.topic(
             PARTIAL_CHUNKS if state.get("concat") == "PARTIAL" else CHUNKS
@@ -197,10 +221,11 @@ class BodyWriter:
         return final
 
     async def _resize(self) -> int:
-        """Batch size from this body's current share of the budget."""
-        chunk = self._settings.chunk_bytes
+        """Batch size and mode from this body's current share of the budget."""
         size = await self._share.resize()
-        self._batch = max(chunk, size // 3 // chunk * chunk)
+        self._batch, self._pipelined = batch_plan(
+            size, self._settings.chunk_bytes, self._settings.gateway_batch_bytes
+        )
         return self._batch
 
     async def _stream(self, request: Request, remaining: int) -> int:
@@ -228,6 +253,8 @@ class BodyWriter:
         pending = self._pending
         if self._pieces.size >= self._batch or (pending is None and self._share.owes()):
             await self._step(flush=True)
+            if not self._pipelined:
+                await self._step(settle=True)
         elif pending is None or pending.done():
             await self._step(flush=False)
 
@@ -289,15 +316,16 @@ class BodyWriter:
             self._pending = None
         return received, ended
 
-    async def _step(self, *, flush: bool) -> None:
-        """Settle the committing batch if done; start the next one if flush.
+    async def _step(self, *, flush: bool = False, settle: bool = False) -> None:
+        """Settle the committing batch if done (or wait for it, if settle);
+        start the next one if flush.
 
         The body loop and the quiet watcher both step; the lock keeps their
         commits, which share one transactional writer, one at a time.
         """
         async with self._steps:
             pending = self._pending
-            if pending is not None and (flush or pending.done()):
+            if pending is not None and (flush or settle or pending.done()):
                 await asyncio.shield(pending)  # raises what a failed commit raised
                 self._pending = None
             if flush:

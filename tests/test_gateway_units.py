@@ -14,7 +14,7 @@ import pytest
 from fastavro.schema import parse_schema
 
 from ingest_gateway import memory, tus
-from ingest_gateway.append import Pieces
+from ingest_gateway.append import Pieces, batch_plan
 from ingest_gateway.errors import Overloaded
 from ingest_gateway.limits import Budget
 from ingest_gateway.partitioner import murmur2, partition_for
@@ -302,6 +302,25 @@ def test_the_memory_keeper_caps_arenas_and_trims_only_above_idle_size(
     keeper.stop()
     assert ("malloc_trim", (0,)) in libc.calls
     assert memory._libc() is not None  # glibc here: the real one is found
+
+
+def test_batches_pipeline_only_when_the_share_holds_three_full_ones() -> None:
+    chunk, full = 512 * 1024, 8 * MIB
+    # Alone (the largest share): three full batches, read while one commits.
+    assert batch_plan(24 * MIB, chunk, full) == (8 * MIB, True)
+    # Short of that: stop-and-wait, two batches in the share, never over full.
+    assert batch_plan(20 * MIB, chunk, full) == (8 * MIB, False)
+    # 32 bodies in 128 MiB: 2 MiB transactions rather than 1 MiB.
+    assert batch_plan(4 * MIB, chunk, full) == (2 * MIB, False)
+    # Whole chunks, and at least one, however small the share.
+    assert batch_plan(3 * chunk, chunk, full) == (chunk, False)
+    assert batch_plan(chunk // 2, chunk, full) == (chunk, False)
+    for share in range(chunk, 30 * MIB, 333_333):
+        batch, pipelined = batch_plan(share, chunk, full)
+        assert batch % chunk == 0 and chunk <= batch <= full
+        # What the body holds (batches in memory) fits in its share.
+        held = batch * (3 if pipelined else 2)
+        assert held <= share or batch == chunk
 
 
 def test_tiny_body_pieces_are_coalesced_and_large_ones_kept_as_they_are() -> None:
