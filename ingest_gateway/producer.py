@@ -35,7 +35,7 @@ from streams.config import Settings
 from streams.errors import KafkaUnavailable
 from streams.events import make_headers, now_ms
 from streams.logs import get_logger
-from streams.produce import send_bounded
+from streams.produce import chunk_queue_kbytes, send_bounded
 from streams.topics import UPLOAD_STATE
 
 log = get_logger(__name__)
@@ -71,8 +71,8 @@ def producer_config(settings: Settings, transactional_id: str) -> dict[str, Any]
         # one upload id maps to one partition for every client.
         "partitioner": "murmur2_random",
         "linger.ms": 2,
-        # Bound what one producer may hold in memory while Kafka is slow.
-        "queue.buffering.max.kbytes": 16 * 1024,
+        # Only what can be in flight, so librdkafka never spins on the rest.
+        "queue.buffering.max.kbytes": chunk_queue_kbytes(settings.chunk_bytes),
         "message.max.bytes": 1048576,
         "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
         "socket.connection.setup.timeout.ms": 5000,

@@ -41,6 +41,12 @@ from streams.topics import CHUNKS, UPLOAD_STATE
 log = get_logger(__name__)
 
 TRANSACTION_TIMEOUT_MS = 300_000
+# Chunk records a writer may have queued or in flight at once; see
+# chunk_queue_kbytes.
+QUEUED_CHUNKS = 4
+# What a chunk record carries besides its data: ids, digest, headers, and
+# metadata (Upload-Metadata is at most 8 KiB).
+CHUNK_RECORD_OVERHEAD = 16 * 1024
 
 
 def _producer(settings: Settings, upload_id: str) -> Producer:
@@ -52,7 +58,7 @@ def _producer(settings: Settings, upload_id: str) -> Producer:
             "acks": "all",
             "partitioner": "murmur2_random",
             "linger.ms": 5,
-            "queue.buffering.max.kbytes": 32 * 1024,
+            "queue.buffering.max.kbytes": chunk_queue_kbytes(settings.chunk_bytes),
             "message.max.bytes": 1048576,
             "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
         }
@@ -163,6 +169,23 @@ def produce_file(
             log.warning("produce.abort_failed", error=str(abort_error))
         raise KafkaUnavailable(f"cannot produce {path.name}: {exc}") from exc
     return state
+
+
+def chunk_queue_kbytes(chunk_bytes: int) -> int:
+    """``queue.buffering.max.kbytes`` for a producer of chunk records.
+
+    librdkafka keeps at most five produce requests in flight on a
+    connection (the idempotent producer's window), and a chunk record of
+    the default size fills a request on its own (``batch.size`` is about
+    1 MB). Records queued beyond what the window can carry make its broker
+    thread spin: it finds a full batch ready, cannot send it, and wakes
+    again at once until a response frees a slot. With 32 uploads writing
+    8 MiB transactions, that spin took five times the CPU of the writes
+    themselves and starved Kafka on the same cores. Four chunk records
+    (plus the state record, on a partition of its own) always fit;
+    ``send_bounded`` waits for a delivery when the queue is full.
+    """
+    return QUEUED_CHUNKS * (chunk_bytes + CHUNK_RECORD_OVERHEAD) // 1024
 
 
 def send_bounded(

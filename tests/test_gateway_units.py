@@ -18,9 +18,12 @@ from ingest_gateway.append import Pieces, batch_plan
 from ingest_gateway.errors import Overloaded
 from ingest_gateway.limits import Budget
 from ingest_gateway.partitioner import murmur2, partition_for
-from ingest_gateway.producer import cut_chunks
+from ingest_gateway.producer import chunk_record, cut_chunks, producer_config
 from streams import codec
+from streams.config import Settings
 from streams.errors import InvalidRequest
+from streams.events import make_headers
+from streams.produce import CHUNK_RECORD_OVERHEAD, QUEUED_CHUNKS
 
 SCHEMAS = codec.SCHEMA_DIR
 
@@ -364,3 +367,33 @@ def test_a_share_owes_its_excess_only_while_someone_waits() -> None:
         assert not early.owes()
 
     asyncio.run(scenario())
+
+
+# librdkafka's window: produce requests in flight on one connection.
+LIBRDKAFKA_MAX_IN_FLIGHT = 5
+
+
+@pytest.mark.parametrize("chunk_bytes", [256 * 1024, 512 * 1024, 900 * 1024])
+def test_a_writer_queues_only_the_chunk_records_librdkafka_can_have_in_flight(
+    chunk_bytes: int,
+) -> None:
+    # The largest record a chunk of this size makes: a 255-byte name and
+    # metadata as large as the tus header allows.
+    name = "n" * 251 + ".bin"
+    metadata = {f"k{i}": "v" * 100 for i in range(60)}
+    state = {"upload_id": "u" * 36, "tenant": "t" * 63, "filename": name}
+    state["metadata"] = {"filename": name, **metadata}
+    record = chunk_record(state, 0, os.urandom(chunk_bytes), 10**12)
+    value = codec.encode_spliced("Chunk", record, "data")
+    headers = make_headers(correlation_id="c" * 36, tenant="t" * 63, upload_id="u" * 36)
+    size = len(value) + 36 + sum(len(k) + len(v or b"") for k, v in headers)
+    assert size <= chunk_bytes + CHUNK_RECORD_OVERHEAD
+
+    config = producer_config(Settings(chunk_bytes=chunk_bytes), "t")
+    queue_bytes = config["queue.buffering.max.kbytes"] * 1024
+    # Four of the largest records fit (a writer always makes progress) ...
+    assert queue_bytes >= QUEUED_CHUNKS * size
+    # ... and never more than the window minus the state record's request,
+    # even of the smallest full chunks: the rest would make librdkafka spin.
+    assert queue_bytes < (QUEUED_CHUNKS + 1) * chunk_bytes
+    assert QUEUED_CHUNKS + 1 <= LIBRDKAFKA_MAX_IN_FLIGHT
