@@ -128,13 +128,21 @@ class UploadWriter:
             for chunk in chunks:
                 assert chunks_topic is not None
                 value = codec.encode_spliced("Chunk", chunk, "data")
-                send_bounded(producer, chunks_topic, key, value, headers)
+                send_bounded(
+                    producer,
+                    chunks_topic,
+                    key,
+                    value,
+                    headers,
+                    timeout_s=TRANSACTION_TIMEOUT_S,
+                )
             send_bounded(
                 producer,
                 self._state_topic,
                 key,
                 codec.encode("UploadState", state),
                 headers,
+                timeout_s=TRANSACTION_TIMEOUT_S,
             )
             producer.commit_transaction(TRANSACTION_TIMEOUT_S)
         except KafkaException as exc:

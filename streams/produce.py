@@ -23,6 +23,7 @@ producer's word (Kafka ACLs, not tokens, guard this path).
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from streams.topics import CHUNKS, UPLOAD_STATE
 log = get_logger(__name__)
 
 TRANSACTION_TIMEOUT_MS = 300_000
+# How long a record may wait for room in the producer's queue.
+SEND_TIMEOUT_S = 60.0
 # Chunk records a writer may have queued or in flight at once; see
 # chunk_queue_kbytes.
 QUEUED_CHUNKS = 4
@@ -152,6 +155,7 @@ def produce_file(
                 key,
                 codec.encode("Chunk", chunk),
                 headers,
+                timeout_s=SEND_TIMEOUT_S,
             )
         send_bounded(
             producer,
@@ -159,9 +163,10 @@ def produce_file(
             key,
             codec.encode("UploadState", state),
             headers,
+            timeout_s=SEND_TIMEOUT_S,
         )
         producer.commit_transaction(60)
-    except KafkaException as exc:
+    except (KafkaException, KafkaUnavailable) as exc:
         try:
             producer.abort_transaction(30)
         except KafkaException as abort_error:
@@ -194,16 +199,26 @@ def send_bounded(
     key: bytes,
     value: bytes,
     headers: list[tuple[str, str | bytes | None]],
+    *,
+    timeout_s: float,
 ) -> None:
     """Produce one record; when the local queue is full, wait for deliveries.
 
     Every transactional writer (the gateway's, ``sluice produce``) sends
-    through this, so none grows its memory past librdkafka's bound.
+    through this, so none grows its memory past librdkafka's bound. Raises
+    KafkaUnavailable when no room came within timeout_s: with Kafka away,
+    nothing is delivered until librdkafka gives the queued records up, and
+    the writer's caller should hear it sooner.
     """
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             producer.produce(topic, value=value, key=key, headers=headers)
             producer.poll(0)
             return
         except BufferError:
+            if time.monotonic() >= deadline:
+                raise KafkaUnavailable(
+                    f"no delivery to {topic} for {timeout_s:.0f} s"
+                ) from None
             producer.poll(0.05)
