@@ -1,4 +1,5 @@
-"""Gateway pieces that need no stack: schema evolution, partitioner, chunking."""
+"""Gateway pieces that need no stack: schema evolution, partitioner, chunking,
+budgets, and the producer queue's bounds."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 
 import fastavro
 import pytest
+from confluent_kafka import Producer
 from fastavro.schema import parse_schema
 
 from ingest_gateway import memory, tus
@@ -21,9 +23,9 @@ from ingest_gateway.partitioner import murmur2, partition_for
 from ingest_gateway.producer import chunk_record, cut_chunks, producer_config
 from streams import codec
 from streams.config import Settings
-from streams.errors import InvalidRequest
+from streams.errors import InvalidRequest, KafkaUnavailable
 from streams.events import make_headers
-from streams.produce import CHUNK_RECORD_OVERHEAD, QUEUED_CHUNKS
+from streams.produce import CHUNK_RECORD_OVERHEAD, QUEUED_CHUNKS, send_bounded
 
 SCHEMAS = codec.SCHEMA_DIR
 
@@ -397,3 +399,22 @@ def test_a_writer_queues_only_the_chunk_records_librdkafka_can_have_in_flight(
     # even of the smallest full chunks: the rest would make librdkafka spin.
     assert queue_bytes < (QUEUED_CHUNKS + 1) * chunk_bytes
     assert QUEUED_CHUNKS + 1 <= LIBRDKAFKA_MAX_IN_FLIGHT
+
+
+def test_a_record_that_finds_no_room_in_the_queue_gives_up_in_time() -> None:
+    # A real librdkafka producer whose broker never answers (nothing
+    # listens on port 9 here): its queue fills and nothing is delivered.
+    producer = Producer(
+        {
+            "bootstrap.servers": "127.0.0.1:9",
+            "queue.buffering.max.kbytes": 4,
+            "message.timeout.ms": 60_000,
+        }
+    )
+    record = os.urandom(3 * 1024)
+    send_bounded(producer, "t", b"k", record, [], timeout_s=0.3)
+    started = time.monotonic()
+    with pytest.raises(KafkaUnavailable, match="no delivery to t"):
+        send_bounded(producer, "t", b"k", record, [], timeout_s=0.3)
+    assert 0.3 <= time.monotonic() - started < 5
+    producer.purge()
