@@ -340,6 +340,15 @@ def test_a_writer_that_lost_its_lease_never_writes_over_the_winner(
     assert assert_tiles(chunks_of(settings, upload_id), len(data)) == data
 
 
+def _new_upload(
+    gateway: httpx.Client, auth: dict[str, str], size: int
+) -> tuple[bytes, str]:
+    """Random bytes of size and the path of a new upload for them."""
+    data = os.urandom(size)
+    path = httpx.URL(create_upload(gateway, auth, size).headers["Location"]).path
+    return data, path
+
+
 def test_patches_taking_turns_between_instances_are_never_refused(
     gateway: httpx.Client,
     second: GatewayProcess,
@@ -350,10 +359,8 @@ def test_patches_taking_turns_between_instances_are_never_refused(
     instance's view of the upload lags the other's last commit by a few
     milliseconds, and its pooled writer was fenced by the other. Neither
     may turn that into a 423."""
-    piece = 64 * 1024
-    rounds = 100
-    data = os.urandom(piece * rounds)
-    path = httpx.URL(create_upload(gateway, auth, len(data)).headers["Location"]).path
+    piece, rounds = 64 * 1024, 100
+    data, path = _new_upload(gateway, auth, piece * rounds)
     statuses = []
     with second.client() as other:
         for index in range(rounds):
@@ -377,10 +384,8 @@ def test_head_on_another_instance_right_after_a_patch_reports_its_bytes(
     """A producer's commit returns before its markers make it readable:
     HEAD on the other instance, asked at once, must still count the bytes
     the PATCH just acknowledged (it waits for the transaction to land)."""
-    piece = 16 * 1024
-    rounds = 60
-    data = os.urandom(piece * rounds)
-    path = httpx.URL(create_upload(gateway, auth, len(data)).headers["Location"]).path
+    piece, rounds = 16 * 1024, 60
+    data, path = _new_upload(gateway, auth, piece * rounds)
     seen = []
     with second.client() as other:
         for index in range(rounds):
