@@ -35,7 +35,7 @@ from streams.config import Settings
 from streams.errors import KafkaUnavailable
 from streams.events import make_headers, now_ms
 from streams.logs import get_logger
-from streams.produce import chunk_queue_kbytes, send_bounded
+from streams.produce import MAX_RECORD_BYTES, chunk_queue_kbytes, send_bounded
 from streams.topics import UPLOAD_STATE
 
 log = get_logger(__name__)
@@ -73,7 +73,7 @@ def producer_config(settings: Settings, transactional_id: str) -> dict[str, Any]
         "linger.ms": 2,
         # Only what can be in flight, so librdkafka never spins on the rest.
         "queue.buffering.max.kbytes": chunk_queue_kbytes(settings.chunk_bytes),
-        "message.max.bytes": 1048576,
+        "message.max.bytes": MAX_RECORD_BYTES,
         "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
         "socket.connection.setup.timeout.ms": 5000,
         # librdkafka's default backoffs make init_transactions take ~500 ms

@@ -50,6 +50,8 @@ QUEUED_CHUNKS = 4
 # What a chunk record carries besides its data: ids, digest, headers, and
 # metadata (Upload-Metadata is at most 8 KiB).
 CHUNK_RECORD_OVERHEAD = 16 * 1024
+# The largest record a writer sends (its message.max.bytes).
+MAX_RECORD_BYTES = 1024 * 1024
 
 
 def _producer(settings: Settings, upload_id: str) -> Producer:
@@ -62,7 +64,7 @@ def _producer(settings: Settings, upload_id: str) -> Producer:
             "partitioner": "murmur2_random",
             "linger.ms": 5,
             "queue.buffering.max.kbytes": chunk_queue_kbytes(settings.chunk_bytes),
-            "message.max.bytes": 1048576,
+            "message.max.bytes": MAX_RECORD_BYTES,
             "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
         }
     )
@@ -189,8 +191,14 @@ def chunk_queue_kbytes(chunk_bytes: int) -> int:
     themselves and starved Kafka on the same cores. Four chunk records
     (plus the state record, on a partition of its own) always fit;
     ``send_bounded`` waits for a delivery when the queue is full.
+
+    Never less than the largest record: a concatenation copies its parts'
+    records as they were written, possibly under a larger chunk size than
+    this process's. Smaller records share requests, so a megabyte of them
+    takes a request or two.
     """
-    return QUEUED_CHUNKS * (chunk_bytes + CHUNK_RECORD_OVERHEAD) // 1024
+    chunks = QUEUED_CHUNKS * (chunk_bytes + CHUNK_RECORD_OVERHEAD)
+    return max(chunks, MAX_RECORD_BYTES) // 1024
 
 
 def send_bounded(

@@ -371,16 +371,16 @@ def test_a_share_owes_its_excess_only_while_someone_waits() -> None:
     asyncio.run(scenario())
 
 
-# librdkafka's window: produce requests in flight on one connection.
+# librdkafka's window (produce requests in flight on one connection), and
+# what one request carries of a partition's records (batch.size; always at
+# least one record).
 LIBRDKAFKA_MAX_IN_FLIGHT = 5
+LIBRDKAFKA_BATCH_BYTES = 1_000_000
 
 
-@pytest.mark.parametrize("chunk_bytes", [256 * 1024, 512 * 1024, 900 * 1024])
-def test_a_writer_queues_only_the_chunk_records_librdkafka_can_have_in_flight(
-    chunk_bytes: int,
-) -> None:
-    # The largest record a chunk of this size makes: a 255-byte name and
-    # metadata as large as the tus header allows.
+def _largest_chunk_record(chunk_bytes: int) -> int:
+    """Bytes of the largest record a chunk of this size makes: a 255-byte
+    name and metadata as large as the tus header allows."""
     name = "n" * 251 + ".bin"
     metadata = {f"k{i}": "v" * 100 for i in range(60)}
     state = {"upload_id": "u" * 36, "tenant": "t" * 63, "filename": name}
@@ -388,17 +388,32 @@ def test_a_writer_queues_only_the_chunk_records_librdkafka_can_have_in_flight(
     record = chunk_record(state, 0, os.urandom(chunk_bytes), 10**12)
     value = codec.encode_spliced("Chunk", record, "data")
     headers = make_headers(correlation_id="c" * 36, tenant="t" * 63, upload_id="u" * 36)
-    size = len(value) + 36 + sum(len(k) + len(v or b"") for k, v in headers)
-    assert size <= chunk_bytes + CHUNK_RECORD_OVERHEAD
+    return len(value) + 36 + sum(len(k) + len(v or b"") for k, v in headers)
 
+
+@pytest.mark.parametrize(
+    "chunk_bytes", [1024, 64 * 1024, 256 * 1024, 512 * 1024, 900 * 1024]
+)
+def test_a_writer_queues_only_the_chunk_records_librdkafka_can_have_in_flight(
+    chunk_bytes: int,
+) -> None:
+    largest = _largest_chunk_record(chunk_bytes)
+    assert largest <= chunk_bytes + CHUNK_RECORD_OVERHEAD
     config = producer_config(Settings(chunk_bytes=chunk_bytes), "t")
     queue_bytes = config["queue.buffering.max.kbytes"] * 1024
-    # Four of the largest records fit (a writer always makes progress) ...
-    assert queue_bytes >= QUEUED_CHUNKS * size
-    # ... and never more than the window minus the state record's request,
-    # even of the smallest full chunks: the rest would make librdkafka spin.
-    assert queue_bytes < (QUEUED_CHUNKS + 1) * chunk_bytes
-    assert QUEUED_CHUNKS + 1 <= LIBRDKAFKA_MAX_IN_FLIGHT
+
+    # Four of the largest records fit, and so does any record a writer may
+    # send (a concatenation copies parts cut under another chunk size).
+    assert queue_bytes >= QUEUED_CHUNKS * largest
+    assert queue_bytes >= config["message.max.bytes"] >= largest
+
+    # A full queue of the smallest full chunks needs no more requests than
+    # the window has, less one for the state record: more would make
+    # librdkafka spin on records it cannot send.
+    record = chunk_bytes + 200
+    per_request = max(1, LIBRDKAFKA_BATCH_BYTES // record)
+    requests = -(-(queue_bytes // record) // per_request)
+    assert requests <= QUEUED_CHUNKS < LIBRDKAFKA_MAX_IN_FLIGHT
 
 
 def test_a_record_that_finds_no_room_in_the_queue_gives_up_in_time() -> None:

@@ -21,7 +21,8 @@ from tusclient import client as tus_client
 from streams.config import Settings
 from streams.storage import ObjectStore
 
-from .conftest import TUS, chunks_of, metadata_header, stored_bytes
+from .conftest import TUS, chunks_of, metadata_header, patch_upload, stored_bytes
+from .gateways import GatewayProcess
 
 STAGES = ["received", "assembled", "scanned", "typed", "deduplicated", "routed"]
 
@@ -83,6 +84,52 @@ def test_parallel_parts_concatenate_byte_identically(
         content=b"x",
     )
     assert patched.status_code == 403
+
+
+def test_parts_cut_in_larger_chunks_concatenate_on_a_gateway_of_smaller_ones(
+    settings: Settings,
+    auth: dict[str, str],
+    gateway: httpx.Client,
+    store: ObjectStore,
+    result_of: Callable[..., dict[str, Any]],
+) -> None:
+    """A concatenation copies its parts' chunk records as they were cut: an
+    instance configured with smaller chunks (after a change of
+    SLUICE_CHUNK_BYTES, or during a rolling one) must still take them."""
+    data = os.urandom(3 * settings.chunk_bytes + 17)
+    half = len(data) // 2
+    parts = []
+    for piece in (data[:half], data[half:]):
+        created = gateway.post(
+            "/files",
+            headers={
+                **TUS,
+                **auth,
+                "Upload-Concat": "partial",
+                "Upload-Length": str(len(piece)),
+            },
+        )
+        location = created.headers["Location"]
+        assert patch_upload(gateway, auth, location, 0, piece).status_code == 204
+        parts.append(location)
+
+    small = GatewayProcess(12, "gw-small-chunks", SLUICE_CHUNK_BYTES="1024").start()
+    try:
+        with small.client() as client:
+            final = client.post(
+                "/files",
+                headers={
+                    **TUS,
+                    **auth,
+                    "Upload-Concat": "final;" + " ".join(parts),
+                    "Upload-Metadata": metadata_header(filename="rejoined.bin"),
+                },
+            )
+    finally:
+        small.stop()
+    assert final.status_code == 201, final.text
+    result = result_of(final.headers["Location"].rsplit("/", 1)[-1])
+    assert stored_bytes(store, result) == data
 
 
 def test_a_final_upload_refuses_foreign_or_unfinished_parts(
