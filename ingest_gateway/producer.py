@@ -41,6 +41,10 @@ from streams.topics import UPLOAD_STATE
 log = get_logger(__name__)
 
 TRANSACTION_TIMEOUT_S = 15.0
+# After a failed write the client is waiting for its 503. A transaction the
+# abort cannot reach ends by itself (TRANSACTION_TIMEOUT_MS), or when the
+# upload's next writer fences it.
+ABORT_TIMEOUT_S = 5.0
 INIT_TIMEOUT_S = 10.0
 # librdkafka aborts a transaction the broker has not seen committed in time;
 # short, so a killed gateway's open transaction holds readers back briefly.
@@ -182,7 +186,7 @@ def _fenced(exc: KafkaException) -> bool:
 def _abort(producer: Producer) -> KafkaException | None:
     """Abort the open transaction; what prevented it, if anything."""
     try:
-        producer.abort_transaction(TRANSACTION_TIMEOUT_S)
+        producer.abort_transaction(ABORT_TIMEOUT_S)
     except KafkaException as exc:
         log.warning("producer.abort_failed", error=str(exc))
         return exc

@@ -105,6 +105,7 @@ class Exclusive:
         # this one must never commit, not even to release (it would write
         # its stale state over the other's).
         self._lost = False
+        self._unreachable = False
         self._writer: UploadWriter | None = writer
 
     async def commit(
@@ -149,6 +150,8 @@ class Exclusive:
                     ) from None
             except KafkaUnavailable:
                 await self._drop_writer()
+                # Releasing would need Kafka too: let the lease lapse.
+                self._unreachable = True
                 raise
         self.state = state
         owner.states.put(state)
@@ -211,7 +214,7 @@ class Exclusive:
     async def release(self) -> None:
         """Give the lease up (best effort: a lease lapses by itself anyway)."""
         try:
-            if not self._released and not self._lost:
+            if not (self._released or self._lost or self._unreachable):
                 await self.commit(self.state, release=True)
         except (KafkaUnavailable, Locked) as exc:
             log.warning("lease.release_failed", error=str(exc))
