@@ -65,7 +65,9 @@ start() {
   start_bg "$NAME" "$PATTERN" java "-Xmx$HEAP" -Xms128m \
     "-Dlog4j2.configurationFile=$LOG4J" "-Dkafka.logs.dir=$LOG_DIR" \
     -cp "$KAFKA_LIBS/*" kafka.Kafka "$CONF"
-  wait_until "$NAME" "$PATTERN" 60 metadata_ok
+  # After a SIGKILL the broker's old registration lives on for
+  # broker.session.timeout.ms (60 s) and the new one is refused until then.
+  wait_until "$NAME" "$PATTERN" 120 metadata_ok
   log "kafka: ready on $HOST:$PORT (pid $(<"$RUN_DIR/$NAME.pid"), log $LOG_DIR/kafka.log)"
 }
 
