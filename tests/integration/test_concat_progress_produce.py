@@ -21,9 +21,17 @@ from tusclient import client as tus_client
 from streams.config import Settings
 from streams.storage import ObjectStore
 
-from .conftest import TUS, chunks_of, metadata_header, patch_upload, stored_bytes
+from .conftest import (
+    TUS,
+    chunks_of,
+    create_upload,
+    metadata_header,
+    patch_upload,
+    stored_bytes,
+)
 from .gateways import GatewayProcess
 
+PARTIAL = {"Upload-Concat": "partial"}
 STAGES = ["received", "assembled", "scanned", "typed", "deduplicated", "routed"]
 
 
@@ -100,15 +108,7 @@ def test_parts_cut_in_larger_chunks_concatenate_on_a_gateway_of_smaller_ones(
     half = len(data) // 2
     parts = []
     for piece in (data[:half], data[half:]):
-        created = gateway.post(
-            "/files",
-            headers={
-                **TUS,
-                **auth,
-                "Upload-Concat": "partial",
-                "Upload-Length": str(len(piece)),
-            },
-        )
+        created = create_upload(gateway, auth, len(piece), **PARTIAL)
         location = created.headers["Location"]
         assert patch_upload(gateway, auth, location, 0, piece).status_code == 204
         parts.append(location)
